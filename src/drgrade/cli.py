@@ -1,0 +1,108 @@
+"""The `drgrade` command line: each command is a thin call into the library."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from drgrade import __version__
+from drgrade.errors import DrgradeError
+
+
+def _add_source_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("source", type=Path, help="dataset folder, npz file or prepared folder")
+    parser.add_argument(
+        "--format", default="auto",
+        help="layout: auto, lab, eyepacs, aptos, idrid, folders, medmnist, prepared "
+             "(default: auto, detected when unambiguous)",
+    )
+    parser.add_argument("--labels", type=Path, help="label CSV (or folder) if not in SOURCE")
+    parser.add_argument("--images", type=Path, help="image folder if not where the layout says")
+
+
+def _read(args: argparse.Namespace):
+    from drgrade.data.sources import read_source
+
+    return read_source(args.source, args.format, args.labels, args.images)
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    """Print the dataset summary."""
+    from drgrade.data.inspect import describe
+
+    print(describe(_read(args)))
+    return 0
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    """Crop, resize and cache a dataset into --out."""
+    from drgrade.data.manifest import assign_splits
+    from drgrade.data.prepare import prepare_dataset
+
+    manifest = _read(args).require_images(args.allow_missing)
+    for warning in manifest.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    manifest.table = assign_splits(manifest.table, args.val_fraction, args.test_fraction, args.seed)
+    result = prepare_dataset(
+        manifest, args.out, size=args.size, enhance=args.enhance, workers=args.workers,
+        image_format=args.image_format,
+    )
+    print(result.summary())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for every command."""
+    parser = argparse.ArgumentParser(
+        prog="drgrade",
+        description="Grade diabetic retinopathy (0 no DR .. 4 proliferative) from fundus photographs.",
+    )
+    parser.add_argument("--version", action="version", version=f"drgrade {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    inspect = commands.add_parser(
+        "inspect", help="summarise a dataset: layout, splits, grades, baselines, problems",
+        description="Summarise a dataset before training: layout detected, images per split "
+                    "and grade, majority-class accuracy, patient overlap, problems found.",
+    )
+    _add_source_options(inspect)
+    inspect.set_defaults(run=cmd_inspect)
+
+    prepare = commands.add_parser(
+        "prepare", help="crop the fundus, resize and cache a dataset (resumable)",
+        description="Raw photographs -> cached dataset folder (images, manifest.csv, "
+                    "rejected.csv). Rerunning skips finished images.",
+    )
+    _add_source_options(prepare)
+    prepare.add_argument("--out", type=Path, required=True, help="output folder")
+    prepare.add_argument("--size", type=int, default=512, help="side of the square output (default 512)")
+    prepare.add_argument("--enhance", choices=["none", "ben-graham"], default="none",
+                         help="Ben Graham local-colour subtraction (default none)")
+    prepare.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                         help="parallel processes (default: all cores)")
+    prepare.add_argument("--image-format", choices=["jpg", "png"], default="jpg",
+                         help="cached image format: jpg (quality 95, 4:4:4) or png (default jpg)")
+    prepare.add_argument("--allow-missing", action="store_true",
+                         help="go on with the listed images that exist, reporting the rest")
+    prepare.add_argument("--val-fraction", type=float, default=0.1,
+                         help="share of unsplit images for validation, patient-grouped (default 0.1)")
+    prepare.add_argument("--test-fraction", type=float, default=0.2,
+                         help="share of unsplit images for test, patient-grouped (default 0.2)")
+    prepare.add_argument("--seed", type=int, default=0, help="seed of the split (default 0)")
+    prepare.set_defaults(run=cmd_prepare)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; user errors print a message and exit 2, without a traceback."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except DrgradeError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,1 @@
+"""Reading datasets, preparing images and feeding them to models."""

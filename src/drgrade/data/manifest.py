@@ -1,0 +1,158 @@
+"""The Manifest: one row per image, the one currency between reading data and using it."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+from sklearn.model_selection import StratifiedGroupKFold
+
+from drgrade.errors import DrgradeError, Problem, problems_error
+from drgrade.grades import NUM_GRADES
+
+COLUMNS = ["image_id", "path", "grade", "patient", "eye", "split"]
+SPLITS = ("train", "val", "test")
+MANIFEST_FILE = "manifest.csv"
+
+
+@dataclass
+class Manifest:
+    """Images of one dataset with their grades, read from one layout.
+
+    `table` has the COLUMNS (plus extras a source has); `path` is empty for listed images
+    that were not found on disk, and those are listed in `missing`.
+    """
+
+    table: pd.DataFrame
+    layout: str
+    source: Path
+    missing: list[Problem] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def n_found(self) -> int:
+        """Number of listed images found on disk."""
+        return int((self.table["path"] != "").sum())
+
+    def require_images(self, allow_missing: bool = False) -> Manifest:
+        """This manifest without missing images; an error listing them unless allowed."""
+        if not self.missing:
+            return self
+        if not allow_missing:
+            raise problems_error(
+                f"{len(self.missing)} of {len(self.table)} listed images are missing "
+                "(use --allow-missing to go on with the images that exist)",
+                self.missing,
+            )
+        kept = self.table[self.table["path"] != ""].reset_index(drop=True)
+        note = f"going on without {len(self.missing)} missing image(s); {len(kept)} remain"
+        return Manifest(kept, self.layout, self.source, [], [*self.warnings, note])
+
+    def fingerprint(self) -> str:
+        """A short hash of ids, grades and splits: which data a run was trained on."""
+        key = self.table[["image_id", "grade", "split"]].to_csv(index=False).encode()
+        return hashlib.sha256(key).hexdigest()[:16]
+
+
+def parse_grade(value: str, file: str, line: int) -> int | Problem:
+    """An integer grade 0-4, or the Problem that says why `value` is not one."""
+    text = value.strip()
+    try:
+        number = float(text)
+    except ValueError:
+        return Problem(file, line, value, "grade is not a number")
+    if not number.is_integer():
+        return Problem(file, line, value, "grade is not an integer")
+    if not 0 <= number < NUM_GRADES:
+        return Problem(file, line, value, f"grade outside 0-{NUM_GRADES - 1}")
+    return int(number)
+
+
+def make_table(rows: list[dict]) -> pd.DataFrame:
+    """A manifest table from row dicts, with every column present and typed."""
+    table = pd.DataFrame(rows, columns=None if rows else COLUMNS)
+    for column in COLUMNS:
+        if column not in table:
+            table[column] = ""
+    table["grade"] = table["grade"].astype(int)
+    for column in ("image_id", "path", "patient", "eye", "split"):
+        table[column] = table[column].fillna("").astype(str)
+    extras = [c for c in table.columns if c not in COLUMNS]
+    return table[COLUMNS + extras]
+
+
+def duplicate_problems(table: pd.DataFrame, places: list[tuple[str, int]]) -> list[Problem]:
+    """A Problem for every row whose image_id appeared on an earlier row.
+
+    `places` holds the (file, line) of each row of `table`.
+    """
+    problems = []
+    first: dict[str, tuple[str, int]] = {}
+    for image_id, (file, line) in zip(table["image_id"], places, strict=True):
+        if image_id in first:
+            reason = "duplicate image id (first at {}:{})".format(*first[image_id])
+            problems.append(Problem(file, line, image_id, reason))
+        else:
+            first[image_id] = (file, line)
+    return problems
+
+
+def split_counts(table: pd.DataFrame) -> pd.DataFrame:
+    """Images per split (rows) and grade (columns)."""
+    counts = pd.crosstab(table["split"].replace("", "(none)"), table["grade"])
+    order = [s for s in (*SPLITS, "(none)") if s in counts.index]
+    return counts.reindex(index=order, columns=range(NUM_GRADES), fill_value=0)
+
+
+def majority_grade(table: pd.DataFrame) -> int:
+    """The most common grade in the training split (or in all rows if there is none)."""
+    train = table[table["split"] == "train"]
+    return int((train if len(train) else table)["grade"].mode().min())
+
+
+def patients_in_several_splits(table: pd.DataFrame) -> int:
+    """How many patients have images in more than one split (a leak between splits)."""
+    assigned = table[table["split"] != ""]
+    return int((assigned.groupby("patient")["split"].nunique() > 1).sum())
+
+
+def assign_splits(
+    table: pd.DataFrame, val_fraction: float, test_fraction: float, seed: int
+) -> pd.DataFrame:
+    """Give rows without a split one, keeping each patient's images together.
+
+    Stratified by grade and grouped by patient (scikit-learn's StratifiedGroupKFold); a
+    fraction f is realised as one fold of round(1/f), so 0.2 -> 1/5 and 0.15 -> 1/7.
+    """
+    for name, fraction in (("val", val_fraction), ("test", test_fraction)):
+        if not 0 <= fraction < 0.5:
+            raise DrgradeError(f"--{name}-fraction must be in [0, 0.5), got {fraction}")
+    table = table.copy()
+    pending = table.index[table["split"] == ""]
+    # The val fraction is of the whole, so scale it to what is left after test.
+    for name, fraction in (("test", test_fraction), ("val", val_fraction / (1 - test_fraction))):
+        if fraction == 0 or len(pending) < 2:
+            continue
+        chosen = _one_fold(table.loc[pending], fraction, seed)
+        table.loc[chosen, "split"] = name
+        pending = pending.difference(chosen)
+    table.loc[pending, "split"] = "train"
+    return table
+
+
+def _one_fold(rows: pd.DataFrame, fraction: float, seed: int) -> pd.Index:
+    n_splits = max(2, min(round(1 / fraction), rows["patient"].nunique()))
+    folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    _, held_out = next(folds.split(rows, rows["grade"], groups=rows["patient"]))
+    return rows.index[held_out]
+
+
+def write_manifest(table: pd.DataFrame, folder: Path) -> Path:
+    """Write `table` as folder/manifest.csv (atomically: a kill never leaves half a file)."""
+    target = folder / MANIFEST_FILE
+    partial = target.with_suffix(".csv.partial")
+    table.to_csv(partial, index=False)
+    partial.replace(target)
+    return target
