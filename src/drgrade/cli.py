@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from functools import partial
 from pathlib import Path
 
 from drgrade import __version__
@@ -15,8 +16,8 @@ def _add_source_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", type=Path, help="dataset folder, npz file or prepared folder")
     parser.add_argument(
         "--format", default="auto",
-        help="layout: auto, lab, eyepacs, aptos, idrid, folders, medmnist, prepared "
-             "(default: auto, detected when unambiguous)",
+        help="layout: lab, eyepacs, aptos, idrid, folders, medmnist, prepared, or auto "
+             "(detected when unambiguous)",
     )
     parser.add_argument("--labels", type=Path, help="label CSV (or folder) if not in SOURCE")
     parser.add_argument("--images", type=Path, help="image folder if not where the layout says")
@@ -57,12 +58,15 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every command."""
     parser = argparse.ArgumentParser(
         prog="drgrade",
-        description="Grade diabetic retinopathy (0 no DR .. 4 proliferative) from fundus photographs.",
+        description="Grade diabetic retinopathy (0 no DR .. 4 proliferative) "
+                    "from colour fundus photographs.",
     )
     parser.add_argument("--version", action="version", version=f"drgrade {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # Every option's help line shows its default.
+    command = partial(commands.add_parser, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
 
-    inspect = commands.add_parser(
+    inspect = command(
         "inspect", help="summarise a dataset: layout, splits, grades, baselines, problems",
         description="Summarise a dataset before training: layout detected, images per split "
                     "and grade, majority-class accuracy, patient overlap, problems found.",
@@ -70,27 +74,27 @@ def build_parser() -> argparse.ArgumentParser:
     _add_source_options(inspect)
     inspect.set_defaults(run=cmd_inspect)
 
-    prepare = commands.add_parser(
+    prepare = command(
         "prepare", help="crop the fundus, resize and cache a dataset (resumable)",
         description="Raw photographs -> cached dataset folder (images, manifest.csv, "
                     "rejected.csv). Rerunning skips finished images.",
     )
     _add_source_options(prepare)
     prepare.add_argument("--out", type=Path, required=True, help="output folder")
-    prepare.add_argument("--size", type=int, default=512, help="side of the square output (default 512)")
+    prepare.add_argument("--size", type=int, default=512, help="side of the square output")
     prepare.add_argument("--enhance", choices=["none", "ben-graham"], default="none",
-                         help="Ben Graham local-colour subtraction (default none)")
+                         help="Ben Graham local-colour subtraction")
     prepare.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                         help="parallel processes (default: all cores)")
+                         help="parallel processes")
     prepare.add_argument("--image-format", choices=["jpg", "png"], default="jpg",
-                         help="cached image format: jpg (quality 95, 4:4:4) or png (default jpg)")
+                         help="cached image format: jpg (quality 95, 4:4:4) or png")
     prepare.add_argument("--allow-missing", action="store_true",
                          help="go on with the listed images that exist, reporting the rest")
     prepare.add_argument("--val-fraction", type=float, default=0.1,
-                         help="share of unsplit images for validation, patient-grouped (default 0.1)")
+                         help="share of unsplit images for validation, patient-grouped")
     prepare.add_argument("--test-fraction", type=float, default=0.2,
-                         help="share of unsplit images for test, patient-grouped (default 0.2)")
-    prepare.add_argument("--seed", type=int, default=0, help="seed of the split (default 0)")
+                         help="share of unsplit images for test, patient-grouped")
+    prepare.add_argument("--seed", type=int, default=0, help="seed of the split")
     prepare.set_defaults(run=cmd_prepare)
     return parser
 

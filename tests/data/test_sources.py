@@ -1,0 +1,185 @@
+"""Readers: the real label files as they ship, and every layout built small in tmp_path."""
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from drgrade.data.manifest import COLUMNS, patients_in_several_splits, split_counts
+from drgrade.data.sources import detect_layout, load_npz_image, read_source
+from drgrade.errors import DrgradeError
+
+
+def _image(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (8, 8), (120, 40, 20)).save(path)
+    return path
+
+
+# --- real data -----------------------------------------------------------------------------
+
+
+def test_lab_split_reads_every_line_and_warns_about_patients(shared_data):
+    manifest = read_source(shared_data / "eyepacs-labels/lab3-split", "lab")
+    counts = split_counts(manifest.table)
+    assert counts.sum(axis=1).to_dict() == {"train": 28_100, "test": 7_026}
+    # The first line of each file is a real row (the lab's loader lost it).
+    first_train = manifest.table.iloc[0]
+    assert (first_train["image_id"], first_train["grade"]) == ("2576_right", 0)
+    assert (first_train["patient"], first_train["eye"]) == ("2576", "right")
+    assert manifest.n_found == 0
+    assert len(manifest.missing) == 35_126
+    assert patients_in_several_splits(manifest.table) == 5_618
+    assert any("5618 patients" in w for w in manifest.warnings)
+    test = manifest.table[manifest.table["split"] == "test"]
+    assert (test["grade"] == 0).mean() == pytest.approx(0.7335, abs=1e-3)
+
+
+def test_eyepacs_label_file(shared_data):
+    manifest = read_source(shared_data / "eyepacs-labels")
+    assert manifest.layout == "eyepacs"
+    assert len(manifest.table) == 35_126
+    assert list(manifest.table.columns[:6]) == COLUMNS
+    assert (manifest.table["split"] == "").all()
+    assert set(manifest.table["eye"]) == {"left", "right"}
+    assert manifest.table["grade"].value_counts().sort_index().tolist() == [
+        25810, 2443, 5292, 873, 708,
+    ]
+
+
+def test_idrid_csv_as_shipped(shared_data):
+    root = shared_data / "idrid-train"
+    manifest = read_source(root)
+    assert manifest.layout == "idrid"
+    assert len(manifest.table) == 413 and manifest.n_found == 413
+    assert manifest.table["grade"].value_counts().sort_index().tolist() == [134, 20, 136, 74, 49]
+    assert "macular_edema_risk" in manifest.table
+    with open(root / "train.csv", newline="") as handle:
+        rows = {r[0]: int(r[1]) for r in list(csv.reader(handle))[1:] if r and r[0]}
+    assert dict(zip(manifest.table["image_id"], manifest.table["grade"], strict=True)) == rows
+
+
+def test_idrid_subset_reports_missing_and_can_go_on(shared_data):
+    root = shared_data / "idrid-train"
+    manifest = read_source(root / "fullres", "idrid", labels=root / "train.csv")
+    assert manifest.n_found == 20 and len(manifest.missing) == 393
+    with pytest.raises(DrgradeError, match="393 of 413 listed images are missing"):
+        manifest.require_images()
+    subset = manifest.require_images(allow_missing=True)
+    assert len(subset.table) == 20 and subset.missing == []
+
+
+def test_retinamnist_npz_official_split(shared_data):
+    npz = shared_data / "retinamnist/retinamnist.npz"
+    manifest = read_source(npz)
+    assert manifest.layout == "medmnist"
+    assert split_counts(manifest.table).sum(axis=1).to_dict() == {
+        "train": 1080, "val": 120, "test": 400,
+    }
+    image = load_npz_image(manifest.table.iloc[0]["path"])
+    assert image.shape == (28, 28, 3) and image.dtype == np.uint8
+
+
+# --- every layout, small ------------------------------------------------------------------
+
+
+def test_aptos_layout(tmp_path):
+    (tmp_path / "train.csv").write_text("id_code,diagnosis\nabc,2\ndef,0\n")
+    _image(tmp_path / "train_images/abc.png")
+    _image(tmp_path / "train_images/def.png")
+    manifest = read_source(tmp_path)
+    assert manifest.layout == "aptos"
+    assert manifest.table["grade"].tolist() == [2, 0]
+    assert manifest.n_found == 2 and not manifest.warnings
+
+
+def test_class_folders_with_and_without_splits(tmp_path):
+    for grade, name in [(0, "a"), (3, "b.tif"), (4, "c.jpeg")]:
+        _image(tmp_path / "flat" / str(grade) / (name if "." in name else f"{name}.png"))
+    flat = read_source(tmp_path / "flat")
+    assert flat.layout == "folders"
+    assert dict(zip(flat.table["image_id"], flat.table["grade"], strict=True)) == {
+        "a": 0, "b": 3, "c": 4,
+    }
+    _image(tmp_path / "split/train/1/x.jpg")
+    _image(tmp_path / "split/test/2/y.jpg")
+    split = read_source(tmp_path / "split")
+    assert dict(zip(split.table["image_id"], split.table["split"], strict=True)) == {
+        "x": "train", "y": "test",
+    }
+
+
+def test_class_folder_that_is_not_a_grade(tmp_path):
+    _image(tmp_path / "0/a.png")
+    _image(tmp_path / "7/b.png")
+    with pytest.raises(DrgradeError, match=r"7.*folder name is not a grade"):
+        read_source(tmp_path, "folders")
+
+
+def test_unlisted_images_are_counted(tmp_path):
+    (tmp_path / "trainLabels.csv").write_text("image,level\n1_left,0\n")
+    _image(tmp_path / "1_left.jpeg")
+    _image(tmp_path / "9_right.jpeg")
+    manifest = read_source(tmp_path)
+    assert any("1 image(s)" in w and "not in trainLabels.csv" in w for w in manifest.warnings)
+
+
+# --- bad input: one report naming every offending row ---------------------------------------
+
+
+def test_bad_rows_are_all_reported_with_file_and_line(tmp_path):
+    labels = tmp_path / "trainLabels.csv"
+    labels.write_text("image,level\n1_left,0\n1_right,5\n2_left,two\n3_left,1.5\n1_left,1\n,2\n")
+    with pytest.raises(DrgradeError) as caught:
+        read_source(tmp_path, "eyepacs")
+    message = str(caught.value)
+    assert "5 problem(s)" in message
+    for expected in [
+        "trainLabels.csv:3: grade outside 0-4 (value: '5')",
+        "trainLabels.csv:4: grade is not a number (value: 'two')",
+        "trainLabels.csv:5: grade is not an integer (value: '1.5')",
+        "trainLabels.csv:6: duplicate image id (first at",
+        "trainLabels.csv:7: empty image name",
+    ]:
+        assert expected in message
+
+
+def test_wrong_columns_name_the_file_and_what_was_found(tmp_path):
+    (tmp_path / "trainLabels.csv").write_text("name,grade\na,1\n")
+    with pytest.raises(DrgradeError, match=r"trainLabels.csv:1: missing column\(s\) image, level"):
+        read_source(tmp_path, "eyepacs")
+
+
+def test_lab_files_of_unequal_length(tmp_path):
+    for split in ("train", "test"):
+        (tmp_path / f"{split}_img.csv").write_text("1_left\n2_left\n")
+        (tmp_path / f"{split}_label.csv").write_text("0\n")
+    with pytest.raises(DrgradeError, match="has 2 lines but .* has 1"):
+        read_source(tmp_path, "lab")
+
+
+def test_missing_images_name_their_rows(tmp_path):
+    (tmp_path / "trainLabels.csv").write_text("image,level\n1_left,0\n1_right,2\n")
+    _image(tmp_path / "1_left.jpeg")
+    manifest = read_source(tmp_path)
+    assert [(p.line, p.value) for p in manifest.missing] == [(3, "1_right")]
+    with pytest.raises(DrgradeError, match=r"trainLabels.csv:3: image not found"):
+        manifest.require_images()
+
+
+def test_auto_detection_asks_when_ambiguous_or_unknown(tmp_path):
+    (tmp_path / "trainLabels.csv").write_text("image,level\n")
+    _image(tmp_path / "0/a.png")
+    with pytest.raises(DrgradeError, match="matches several layouts .*eyepacs.*folders"):
+        detect_layout(tmp_path)
+    with pytest.raises(DrgradeError, match="cannot tell the dataset layout"):
+        detect_layout(tmp_path / "0")
+
+
+def test_unknown_format_and_missing_source(tmp_path):
+    with pytest.raises(DrgradeError, match="unknown --format 'kaggle'"):
+        read_source(tmp_path, "kaggle")
+    with pytest.raises(DrgradeError, match="no such file or folder"):
+        read_source(tmp_path / "nope")
