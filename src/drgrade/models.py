@@ -1,0 +1,400 @@
+"""Models: torchvision backbones with a DR grading head, ImageNet weights, regression cut points.
+
+`build_model` takes any torchvision classification model by name (resnet18 and resnet50 are
+the lab's), optionally loads ImageNet weights (torchvision's hub cache, or a local file), and
+swaps its final classifier for a grading head:
+
+- classification: 5 logits, one per grade, decoded by argmax;
+- regression: 1 score on the 0-4 scale, decoded by 4 cut points (`decode_regression`). MSE
+  regression with cut points tuned on validation for quadratic weighted kappa beat
+  cross-entropy on EyePACS (Kaggle 2015, 2nd place); `fit_thresholds` tunes them.
+
+Weight files are read with `torch.load(..., weights_only=True)`: loading never runs code.
+"""
+
+from __future__ import annotations
+
+import difflib
+import socket
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from http.client import HTTPException
+from pathlib import Path
+from urllib.parse import urlparse
+
+import numpy as np
+import torch
+import torchvision
+from torch import nn
+from torchvision.models import get_model, get_model_weights, list_models
+
+from drgrade.errors import DrgradeError
+from drgrade.grades import NUM_GRADES
+
+HEADS = ("classification", "regression")
+DEFAULT_THRESHOLDS = (0.5, 1.5, 2.5, 3.5)
+# Class count of the standard torchvision models: their ImageNet state_dicts have this head.
+IMAGENET_CLASSES = 1000
+# Bounds each connect/read of the weights download; without it a firewalled machine that
+# drops packets hangs for minutes before the OS gives up.
+NETWORK_TIMEOUT_S = 30.0
+LAB_ARCHS = ("resnet18", "resnet50")
+
+
+# ----------------------------------------------------------------------------- heads
+
+
+def head_outputs(head: str) -> int:
+    """Number of outputs of a head: 5 logits (classification) or 1 score (regression)."""
+    if head == "classification":
+        return NUM_GRADES
+    if head == "regression":
+        return 1
+    raise DrgradeError(f"unknown head {head!r} (option --head): choose one of {', '.join(HEADS)}")
+
+
+# ----------------------------------------------------------------------------- architectures
+
+
+def classification_archs() -> list[str]:
+    """Names of torchvision's classification models (no detection/segmentation/video ones)."""
+    return list_models(module=torchvision.models)
+
+
+def _check_arch(arch: str) -> None:
+    names = classification_archs()
+    if arch in names:
+        return
+    close = difflib.get_close_matches(arch.lower(), names, n=5, cutoff=0.6)
+    hint = f"did you mean {', '.join(close)}?" if close else f"the lab uses {', '.join(LAB_ARCHS)}."
+    raise DrgradeError(
+        f"unknown model architecture {arch!r} (option --arch): {hint} Any of torchvision's "
+        f"{len(names)} classification models works: {', '.join(names[:6])}, ..."
+    )
+
+
+def _standard_kwargs(arch: str, loads_weights: bool) -> dict:
+    """Builder options that torchvision sets with an arch's DEFAULT ImageNet weights.
+
+    Applied whatever the weights, so a model trained from ImageNet and one rebuilt from a
+    checkpoint without them (which is how inference builds it) are the same network: these
+    settings are not in the state_dict, so a checkpoint cannot restore them.
+    """
+    meta = get_model_weights(arch).DEFAULT.meta
+    kwargs: dict = {}
+    if arch in ("googlenet", "inception_v3"):
+        # Their ImageNet weights expect inputs re-normalised inside the network.
+        kwargs["transform_input"] = True
+        # Explicit, which silences torchvision's FutureWarning; loaded weights need no init.
+        kwargs["init_weights"] = not loads_weights
+    elif arch.startswith("vit_"):
+        # ViTs take one input size; vit_h_14's DEFAULT (SWAG) weights are for 518 px.
+        kwargs["image_size"] = meta["min_size"][0]
+    elif arch.startswith("maxvit_"):
+        kwargs["input_size"] = meta["min_size"]
+    return kwargs
+
+
+def expected_weights_file(arch: str) -> Path:
+    """Where torchvision's hub cache keeps the arch's DEFAULT ImageNet weights (may not exist)."""
+    _check_arch(arch)
+    url = get_model_weights(arch).DEFAULT.url
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(url).path).name
+
+
+# ----------------------------------------------------------------------------- weights
+
+
+_SAVE_HINT = "save one with torch.save(model.state_dict(), FILE)"
+
+
+def _load_state_dict_file(
+    path: Path, what: str, fix: str = _SAVE_HINT
+) -> Mapping[str, torch.Tensor]:
+    """A state_dict read from a file without running code from it."""
+    if not path.is_file():
+        raise DrgradeError(f"{what} {path} does not exist (or is not a file)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # corrupt, truncated, not a torch file, or pickled objects
+        raise DrgradeError(
+            f"{what} {path} cannot be read as a PyTorch state_dict (files holding pickled "
+            f"objects are refused): {err}. Fix: {fix}"
+        ) from err
+    _check_is_state_dict(state, path, what, fix)
+    return state
+
+
+def _check_is_state_dict(state: object, path: Path, what: str, fix: str) -> None:
+    if isinstance(state, Mapping) and state and all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
+        return
+    if isinstance(state, Mapping):
+        keys = [str(k) for k in list(state)[:8]]
+        found = f"a dict with keys {keys}" if keys else "an empty dict"
+    else:
+        found = f"a {type(state).__name__}"
+    raise DrgradeError(
+        f"{what} {path} holds {found}, not a state_dict (parameter names -> tensors). Fix: {fix}"
+    )
+
+
+def _check_matches(
+    model: nn.Module, state: Mapping[str, torch.Tensor], arch: str, source: str
+) -> None:
+    """Raise naming the first mismatching keys when `state` does not fit `model`."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong_shape = [
+        f"{k} {tuple(state[k].shape)} (model: {tuple(expected[k].shape)})"
+        for k in expected
+        if k in state and state[k].shape != expected[k].shape
+    ]
+    if not (missing or unexpected or wrong_shape):
+        return
+    lines = [f"{source} does not match {arch} (option --arch)"]
+    for label, keys in (("missing", missing), ("unexpected", unexpected),
+                        ("wrong shape", wrong_shape)):
+        if keys:
+            more = f", ... ({len(keys)} in all)" if len(keys) > 5 else ""
+            lines.append(f"  {label}: {', '.join(keys[:5])}{more}")
+    if unexpected and all(k.startswith("module.") for k in unexpected):
+        lines.append("  the keys start with 'module.': strip that DataParallel/DDP prefix")
+    lines.append(
+        f"  expected the arch's standard {IMAGENET_CLASSES}-class state_dict, as saved by "
+        "torch.save(model.state_dict(), FILE): check --arch and --weights"
+    )
+    raise DrgradeError("\n".join(lines))
+
+
+@contextmanager
+def _socket_timeout(seconds: float) -> Iterator[None]:
+    # torch.hub opens its URL without a timeout; the process-wide default is its only bound.
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+def _pretrained_state_dict(arch: str) -> Mapping[str, torch.Tensor]:
+    """The arch's DEFAULT ImageNet state_dict: the hub cache file, else a hash-checked download."""
+    cached = expected_weights_file(arch)
+    if cached.exists():
+        # Read here rather than by torchvision, which would unpickle it with weights_only=False,
+        # and users are told to place files here by hand.
+        fix = "delete it so that it is downloaded again, or pass --weights FILE"
+        return _load_state_dict_file(cached, f"cached ImageNet weights for {arch}", fix)
+    weights = get_model_weights(arch).DEFAULT
+    try:
+        with _socket_timeout(NETWORK_TIMEOUT_S):
+            return weights.get_state_dict(progress=True, check_hash=True, weights_only=True)
+    except (OSError, HTTPException) as err:  # URLError, timeouts, refused/reset connections
+        raise DrgradeError(
+            f"cannot download the ImageNet weights for {arch} (--pretrained): {err}. Offline, "
+            f"copy {weights.url} to {cached} (the torch hub cache; set TORCH_HOME to move it), "
+            "or pass --weights FILE with that state_dict, or train without --pretrained."
+        ) from err
+    except Exception as err:  # failed hash check or unreadable download
+        raise DrgradeError(
+            f"the downloaded ImageNet weights for {arch} ({weights.url}) failed to verify or "
+            f"load: {err}. Try again, or pass --weights FILE."
+        ) from err
+
+
+def _drop_aux_heads(model: nn.Module) -> None:
+    # Inception v3 and GoogLeNet return (logits, aux logits) tuples in training mode; a
+    # grading head is one tensor, so their auxiliary classifiers go.
+    if getattr(model, "aux_logits", False):
+        model.aux_logits = False
+        for name in ("AuxLogits", "aux1", "aux2"):
+            if hasattr(model, name):
+                setattr(model, name, None)
+
+
+# ----------------------------------------------------------------------------- head swap
+
+
+def _find_classifier(model: nn.Module, arch: str) -> tuple[str, nn.Linear | nn.Conv2d]:
+    """Dotted name and module of the final classifier: the last Linear registered.
+
+    Squeezenets have none: theirs is a 1x1 convolution.
+    """
+    linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    convs = [(n, m) for n, m in model.named_modules()
+             if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1)]
+    name, module = (linears or convs or [("", None)])[-1]
+    outputs = getattr(module, "out_features", getattr(module, "out_channels", None))
+    if module is None or outputs != IMAGENET_CLASSES:
+        raise DrgradeError(
+            f"cannot find the final {IMAGENET_CLASSES}-class classifier of {arch!r} (option "
+            f"--arch): use another architecture, e.g. {', '.join(LAB_ARCHS)}"
+        )
+    return name, module
+
+
+def _replace_classifier(model: nn.Module, arch: str, outputs: int) -> None:
+    name, old = _find_classifier(model, arch)
+    if isinstance(old, nn.Linear):
+        new: nn.Module = nn.Linear(old.in_features, outputs, bias=old.bias is not None)
+    else:
+        new = nn.Conv2d(old.in_channels, outputs, kernel_size=1)
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name), child, new)
+
+
+# ----------------------------------------------------------------------------- build
+
+
+def build_model(
+    arch: str,
+    pretrained: bool = False,
+    head: str = "classification",
+    weights_file: str | Path | None = None,
+) -> nn.Module:
+    """A torchvision classification model by name with its classifier replaced by `head`.
+
+    `pretrained` loads the DEFAULT ImageNet weights through torchvision's hub cache
+    (downloading them when online); `weights_file` loads a local state_dict of the arch's
+    standard 1000-class model instead, and wins when both are given. Either is loaded before
+    the head is replaced, so only the new head starts from random weights.
+    """
+    _check_arch(arch)
+    outputs = head_outputs(head)
+    state, source = _initial_weights(arch, pretrained, weights_file)
+    model = get_model(arch, weights=None, **_standard_kwargs(arch, state is not None))
+    if state is not None:
+        _check_matches(model, state, arch, source)
+        model.load_state_dict(state)
+    _drop_aux_heads(model)
+    _replace_classifier(model, arch, outputs)
+    return model
+
+
+def _initial_weights(
+    arch: str, pretrained: bool, weights_file: str | Path | None
+) -> tuple[Mapping[str, torch.Tensor] | None, str]:
+    """The state_dict to start from (None: random) and a description of where it came from."""
+    if weights_file is not None:
+        path = Path(weights_file).expanduser()
+        what = "weights file (--weights)"
+        return _load_state_dict_file(path, what), f"{what} {path}"
+    if pretrained:
+        state = _pretrained_state_dict(arch)
+        return state, f"ImageNet weights {expected_weights_file(arch)}"
+    return None, "random initialisation"
+
+
+# ----------------------------------------------------------------------------- cut points
+
+
+def decode_regression(scores: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
+    """Grades 0-4 (int64) from regression scores: grade = number of cut points below the score.
+
+    A score equal to a cut point takes the lower grade (torch.bucketize, right=False).
+    """
+    if thresholds.ndim != 1 or len(thresholds) != NUM_GRADES - 1:
+        shape = tuple(thresholds.shape)
+        raise ValueError(f"expected {NUM_GRADES - 1} cut points, got shape {shape}")
+    # Checked only on the CPU: on a GPU the check would stall every batch for a sync.
+    if thresholds.device.type == "cpu" and not bool((thresholds.diff() > 0).all()):
+        raise ValueError(f"cut points must increase strictly, got {thresholds.tolist()}")
+    # Compare in the wider dtype: half-precision scores against float32 cut points.
+    dtype = torch.promote_types(scores.dtype, thresholds.dtype)
+    return torch.bucketize(scores.to(dtype), thresholds.to(device=scores.device, dtype=dtype))
+
+
+def _kappas(confusions: np.ndarray) -> np.ndarray:
+    """Quadratic weighted kappa of each (..., 5, 5) confusion matrix (NaN where undefined).
+
+    The same value as sklearn's cohen_kappa_score(weights="quadratic", labels=range(5)).
+    """
+    grades = np.arange(NUM_GRADES)
+    weights = (grades[:, None] - grades[None, :]) ** 2
+    total = confusions.sum(axis=(-2, -1), keepdims=True)
+    expected = confusions.sum(-1, keepdims=True) * confusions.sum(-2, keepdims=True) / total
+    observed_cost = (weights * confusions).sum(axis=(-2, -1))
+    expected_cost = (weights * expected).sum(axis=(-2, -1))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return 1.0 - observed_cost / expected_cost
+
+
+class _SortedScores:
+    """Validation scores sorted once, so the confusion matrix of any cut points costs O(25)."""
+
+    def __init__(self, scores: np.ndarray, grades: np.ndarray):
+        order = np.argsort(scores, kind="stable")
+        self.scores = scores[order]
+        onehot = np.eye(NUM_GRADES, dtype=np.int64)[grades[order]]
+        # cumulative[k, g]: samples of grade g among the k lowest scores.
+        self.cumulative = np.vstack([np.zeros(NUM_GRADES, np.int64), onehot.cumsum(0)])
+        self.unique = np.unique(self.scores)
+
+    def kappas(self, cuts: np.ndarray) -> np.ndarray:
+        """QWK for each row of `cuts` (M, 4) of increasing cut points."""
+        # Samples at or below a cut point are graded below it, as in decode_regression.
+        below = np.searchsorted(self.scores, cuts, side="right")
+        n = len(self.scores)
+        bounds = np.hstack([np.zeros((len(cuts), 1), int), below, np.full((len(cuts), 1), n)])
+        # (M, predicted grade, true grade) counts from the cumulative table.
+        confusions = np.diff(self.cumulative[bounds], axis=1)
+        return _kappas(confusions)
+
+    def candidates(self, low: float, high: float) -> np.ndarray:
+        """One cut point inside each gap between distinct scores that lies within (low, high)."""
+        edges = np.concatenate([[-np.inf], self.unique, [np.inf]])
+        left, right = np.maximum(edges[:-1], low), np.minimum(edges[1:], high)
+        keep = left < right
+        left, right = left[keep], right[keep]
+        # Unbounded gaps (below or above every score) get a point 1 beyond the last score.
+        return np.where(np.isinf(left), right - 1.0,
+                        np.where(np.isinf(right), left + 1.0, (left + right) / 2))
+
+
+def fit_thresholds(scores: np.ndarray, grades: np.ndarray) -> np.ndarray:
+    """4 increasing cut points that maximise quadratic weighted kappa on validation scores.
+
+    Coordinate search from DEFAULT_THRESHOLDS: each cut point in turn moves to the best gap
+    between its neighbours, until none improves kappa. Returns the defaults when kappa is
+    undefined (fewer than two grades present, or no samples).
+    """
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    grades = np.asarray(grades).reshape(-1).astype(np.int64)
+    if len(scores) != len(grades):
+        raise ValueError(f"{len(scores)} scores but {len(grades)} grades")
+    if not np.isfinite(scores).all():
+        raise DrgradeError(
+            "regression scores contain NaN or infinity: training diverged; lower --lr"
+        )
+    if grades.size and (grades.min() < 0 or grades.max() >= NUM_GRADES):
+        raise ValueError(f"grades must lie in 0-{NUM_GRADES - 1}")
+    cuts = np.array(DEFAULT_THRESHOLDS, dtype=np.float64)
+    if len(np.unique(grades)) < 2:
+        return cuts
+    table = _SortedScores(scores, grades)
+    best = table.kappas(cuts[None])[0]
+    for _ in range(100):  # each pass raises kappa strictly, so this bound is rarely reached
+        improved = False
+        for i in range(len(cuts)):
+            value, kappa = _best_move(table, cuts, i)
+            # A margin keeps float noise from moving a cut point between equally good gaps.
+            if kappa > best + 1e-12:
+                cuts[i], best, improved = value, kappa, True
+        if not improved:
+            break
+    return cuts
+
+
+def _best_move(table: _SortedScores, cuts: np.ndarray, i: int) -> tuple[float, float]:
+    """Best value for cut point i with the others fixed, and the kappa it gives."""
+    low = cuts[i - 1] if i > 0 else -np.inf
+    high = cuts[i + 1] if i + 1 < len(cuts) else np.inf
+    options = table.candidates(low, high)
+    trials = np.repeat(cuts[None], len(options), axis=0)
+    trials[:, i] = options
+    kappas = np.nan_to_num(table.kappas(trials), nan=-np.inf)
+    j = int(np.argmax(kappas))
+    return float(options[j]), float(kappas[j])
