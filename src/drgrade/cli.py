@@ -9,6 +9,7 @@ from functools import partial
 from pathlib import Path
 
 from drgrade import __version__
+from drgrade.config import add_config_arguments
 from drgrade.errors import DrgradeError
 
 
@@ -54,6 +55,22 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train one experiment config into a run folder."""
+    from drgrade.config import config_overrides, load_config
+    from drgrade.fit import train
+    from drgrade.run_folder import CONFIG_FILE
+
+    config_file = args.config
+    if args.resume and config_file is None and args.out:
+        # Resuming continues the run as it was configured; flags may still extend it.
+        config_file = Path(args.out) / CONFIG_FILE
+    config = load_config(config_file, config_overrides(args))
+    run = train(config, resume=args.resume)
+    print(f"run folder: {run}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every command."""
     parser = argparse.ArgumentParser(
@@ -96,6 +113,18 @@ def build_parser() -> argparse.ArgumentParser:
                          help="share of unsplit images for test, patient-grouped")
     prepare.add_argument("--seed", type=int, default=0, help="seed of the split")
     prepare.set_defaults(run=cmd_prepare)
+
+    train = commands.add_parser(
+        "train", help="train a grader (Lightning: checkpoints, resume, multi-GPU)",
+        description="Train one experiment: a YAML config (--config) with any option "
+                    "overridden by its flag. Writes a run folder (--out) with the resolved "
+                    "config, log.csv, checkpoints/best.ckpt and checkpoints/last.ckpt.",
+    )
+    train.add_argument("--config", type=Path, help="experiment YAML file")
+    train.add_argument("--resume", action="store_true",
+                       help="continue the run in --out from checkpoints/last.ckpt")
+    add_config_arguments(train)
+    train.set_defaults(run=cmd_train)
     return parser
 
 

@@ -142,6 +142,22 @@ def assign_splits(
     return table
 
 
+def carve_validation(table: pd.DataFrame, fraction: float, seed: int) -> pd.DataFrame:
+    """Move a patient-grouped, grade-stratified share of train to val if there is no val.
+
+    Model selection must never look at test, so a dataset shipped with only train and test
+    (the lab's split, IDRiD) gets its validation images from train.
+    """
+    if (table["split"] == "val").any() or fraction == 0:
+        return table
+    table = table.copy()
+    train = table.index[table["split"] == "train"]
+    if len(train) < 2:
+        raise DrgradeError("too few training images to carve out a validation split")
+    table.loc[_one_fold(table.loc[train], fraction, seed), "split"] = "val"
+    return table
+
+
 def _one_fold(rows: pd.DataFrame, fraction: float, seed: int) -> pd.Index:
     n_splits = max(2, min(round(1 / fraction), rows["patient"].nunique()))
     folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)

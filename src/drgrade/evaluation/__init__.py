@@ -1,0 +1,1 @@
+"""Honest evaluation: metrics beside the majority baseline, figures, reports."""

@@ -1,0 +1,79 @@
+"""Score a trained grader on one split of a dataset and write metrics.json."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from drgrade.config import TrainConfig
+from drgrade.data.datamodule import GradingDataModule
+from drgrade.errors import DrgradeError
+from drgrade.evaluation.metrics import grading_metrics
+from drgrade.grades import REFERABLE_GRADE
+from drgrade.run_folder import best_checkpoint
+from drgrade.training import GradingModule, load_module
+
+METRICS_FILE = "metrics.json"
+
+
+@torch.no_grad()
+def predict_outputs(module: GradingModule, loader: DataLoader, tta: bool = False,
+                    progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Per-grade probabilities (or regression scores) and true grades for every image.
+
+    With `tta`, outputs are averaged over the image and its horizontal, vertical and
+    double flips.
+    """
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    module = module.eval().to(device)
+    flips = [[], [3], [2], [2, 3]] if tta else [[]]
+    outputs, grades = [], []
+    for images, batch_grades in tqdm(loader, desc="evaluating", disable=not progress):
+        images = images.to(device)
+        views = [module.probabilities(module(images.flip(dims) if dims else images))
+                 for dims in flips]
+        outputs.append(torch.stack(views).mean(0).cpu())
+        grades.append(batch_grades)
+    return torch.cat(outputs).numpy(), torch.cat(grades).numpy()
+
+
+def decode(module: GradingModule, outputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Predicted grades and the referable score from `predict_outputs`' outputs."""
+    if module.is_regression:
+        return module.decode(torch.from_numpy(outputs)).numpy(), outputs
+    return outputs.argmax(axis=1), outputs[:, REFERABLE_GRADE:].sum(axis=1)
+
+
+def resolve_checkpoint(run_or_checkpoint: Path) -> Path:
+    """A checkpoint file, or a run folder's best checkpoint."""
+    path = Path(run_or_checkpoint)
+    return best_checkpoint(path) if path.is_dir() else path
+
+
+def evaluate(run_or_checkpoint: Path, data: str | None = None, split: str = "test",
+             tta: bool = False, out: Path | None = None, progress: bool = True) -> dict:
+    """Metrics of a checkpoint on one split, written to OUT/metrics.json."""
+    checkpoint = resolve_checkpoint(run_or_checkpoint)
+    module = load_module(checkpoint)
+    config = replace(TrainConfig(**module.hparams["config"]), track_test=False)
+    if data:
+        config.data = str(data)
+    datamodule = GradingDataModule(config)
+    if not (datamodule.table["split"] == split).any():
+        raise DrgradeError(f"{config.data}: no '{split}' images to evaluate")
+    loader = datamodule.loader(datamodule.dataset(split))
+    outputs, grades = predict_outputs(module, loader, tta, progress)
+    predicted, referable_score = decode(module, outputs)
+    majority = int(np.bincount(datamodule.grades("train")).argmax())
+    metrics = {"checkpoint": str(checkpoint), "data": config.data, "split": split, "tta": tta,
+               **grading_metrics(grades, predicted, referable_score, majority)}
+    out = Path(out) if out else checkpoint.parent.parent
+    out.mkdir(parents=True, exist_ok=True)
+    (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
+    return metrics

@@ -1,0 +1,67 @@
+"""Figures as PNG: training curves, confusion matrices, referable-DR ROC."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no screen needed
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay  # noqa: E402
+
+from drgrade.grades import GRADE_NAMES, REFERABLE_GRADE  # noqa: E402
+
+TICKS = [f"{g}\n{name}" for g, name in enumerate(GRADE_NAMES)]
+
+
+def _save(figure, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+def plot_curves(log: pd.DataFrame, path: Path, title: str = "") -> Path:
+    """Accuracy, kappa and loss per epoch for each split the log holds."""
+    figure, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    for axis, metric in zip(axes, ("accuracy", "kappa", "loss"), strict=True):
+        for split in ("train", "val", "test"):
+            column = f"{split}_{metric}"
+            if column in log:
+                axis.plot(log["epoch"] + 1, log[column], marker="o", label=split)
+        axis.set(xlabel="epoch", ylabel=metric if metric != "kappa" else "quadratic kappa",
+                 title=metric)
+        axis.grid(alpha=0.3)
+        axis.legend()
+    if title:
+        figure.suptitle(title)
+    return _save(figure, path)
+
+
+def plot_confusion(matrix: np.ndarray, path: Path, normalize: bool, title: str = "") -> Path:
+    """Confusion matrix with grade names; row-normalised (recall per grade) if asked."""
+    matrix = np.asarray(matrix, dtype=float)
+    if normalize:
+        totals = matrix.sum(axis=1, keepdims=True)
+        matrix = np.divide(matrix, totals, out=np.zeros_like(matrix), where=totals > 0)
+    figure, axis = plt.subplots(figsize=(6, 5.4))
+    display = ConfusionMatrixDisplay(matrix, display_labels=TICKS)
+    display.plot(ax=axis, cmap="Blues", colorbar=False,
+                 values_format=".2f" if normalize else ".0f")
+    axis.set(xlabel="predicted grade", ylabel="true grade",
+             title=title or ("confusion matrix (row-normalised)" if normalize
+                             else "confusion matrix (counts)"))
+    return _save(figure, path)
+
+
+def plot_referable_roc(grades: np.ndarray, score: np.ndarray, path: Path, title: str = "") -> Path:
+    """ROC of referable DR (grade >= 2) against the model's referable score."""
+    figure, axis = plt.subplots(figsize=(5, 5))
+    RocCurveDisplay.from_predictions(np.asarray(grades) >= REFERABLE_GRADE, score, ax=axis,
+                                     name="referable DR", plot_chance_level=True)
+    axis.set(title=title or "referable DR (grade >= 2) ROC")
+    return _save(figure, path)

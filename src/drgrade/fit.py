@@ -1,0 +1,97 @@
+"""Train one config into a run folder with Lightning's Trainer (checkpoints, resume, DDP)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pandas as pd
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
+
+from drgrade.config import TrainConfig
+from drgrade.data.datamodule import GradingDataModule
+from drgrade.errors import DrgradeError
+from drgrade.run_folder import (
+    BEST_CHECKPOINT,
+    CHECKPOINT_DIR,
+    LAST_CHECKPOINT,
+    LOG_FILE,
+    last_checkpoint,
+    write_run_files,
+)
+from drgrade.training import GradingModule
+
+
+class EpochLog(Callback):
+    """Writes RUN/log.csv, one row per epoch: the source of the training curves."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if not trainer.is_global_zero or trainer.sanity_checking:
+            return
+        row = {"epoch": trainer.current_epoch,
+               "lr": trainer.optimizers[0].param_groups[0]["lr"]}
+        row |= {k: float(v) for k, v in sorted(trainer.callback_metrics.items())}
+        log = pd.read_csv(self.path) if self.path.is_file() else pd.DataFrame()
+        # A resumed run rewrites the epochs it repeats.
+        if len(log):
+            log = log[log["epoch"] < row["epoch"]]
+        pd.concat([log, pd.DataFrame([row])]).to_csv(self.path, index=False)
+
+
+def _devices(text: str) -> int | list[int] | str:
+    if text.isdigit():
+        return int(text)
+    if "," in text:
+        return [int(d) for d in text.split(",") if d.strip()]
+    return text
+
+
+def class_weights(counts: np.ndarray) -> list[float]:
+    """Inverse-frequency weights, mean 1 over the grades present."""
+    present = counts > 0
+    weights = np.where(present, 1.0 / np.maximum(counts, 1), 0.0)
+    return (weights * present.sum() / weights.sum()).tolist()
+
+
+def make_trainer(config: TrainConfig, run: Path, progress: bool = True) -> L.Trainer:
+    """A Lightning Trainer writing checkpoints and the epoch log into `run`."""
+    folder = run / CHECKPOINT_DIR
+    best = ModelCheckpoint(dirpath=folder, filename=Path(BEST_CHECKPOINT).stem,
+                           monitor="val_kappa", mode="max", enable_version_counter=False)
+    # Lightning's save_last only saves when a top-k checkpoint was saved in the same step,
+    # so the latest state gets a checkpointer of its own, overwritten every epoch.
+    latest = ModelCheckpoint(dirpath=folder, filename=Path(LAST_CHECKPOINT).stem,
+                             monitor=None, save_top_k=1, enable_version_counter=False)
+    callbacks: list[Callback] = [best, latest, EpochLog(run / LOG_FILE)]
+    if progress:
+        callbacks.append(TQDMProgressBar())
+    return L.Trainer(
+        default_root_dir=run, max_epochs=config.epochs, accelerator=config.accelerator,
+        devices=_devices(config.devices), num_nodes=config.num_nodes, strategy=config.strategy,
+        precision=config.precision, deterministic=config.deterministic, logger=False,
+        callbacks=callbacks, num_sanity_val_steps=0, enable_progress_bar=progress,
+        enable_model_summary=False, limit_train_batches=config.max_train_batches or 1.0,
+    )
+
+
+def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> Path:
+    """Train `config` into its run folder (continuing from last.ckpt if `resume`)."""
+    run = Path(config.out)
+    last = last_checkpoint(run)
+    if resume and not last.is_file():
+        raise DrgradeError(f"--resume: {last} does not exist; nothing to resume in {run}")
+    if not resume and last.is_file():
+        raise DrgradeError(f"{run} already holds a run; continue it with --resume "
+                           "or choose another --out")
+    L.seed_everything(config.seed, workers=True, verbose=False)
+    data = GradingDataModule(config)
+    weights = class_weights(data.class_counts()) if config.class_weights else None
+    module = GradingModule(config.to_dict(), data.preprocessing(), weights)
+    write_run_files(run, config.to_dict(), data.manifest.fingerprint())
+    trainer = make_trainer(config, run, progress)
+    trainer.fit(module, datamodule=data, ckpt_path=last if resume else None)
+    return run

@@ -1,0 +1,54 @@
+"""The run folder: everything needed to trace a number back to the command that made it.
+
+    RUN/config.yaml        resolved config (every option, defaults included)
+    RUN/environment.json   versions, data fingerprint, command line
+    RUN/log.csv            one row per epoch: losses, accuracy, kappa, learning rate
+    RUN/checkpoints/       best.ckpt (best validation kappa) and last.ckpt (for --resume)
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+from importlib.metadata import version
+from pathlib import Path
+
+import yaml
+
+CONFIG_FILE = "config.yaml"
+ENVIRONMENT_FILE = "environment.json"
+LOG_FILE = "log.csv"
+CHECKPOINT_DIR = "checkpoints"
+BEST_CHECKPOINT = "best.ckpt"
+LAST_CHECKPOINT = "last.ckpt"
+
+
+def last_checkpoint(run: Path) -> Path:
+    """Where the latest state of a run is kept (what --resume continues from)."""
+    return Path(run) / CHECKPOINT_DIR / LAST_CHECKPOINT
+
+
+def best_checkpoint(run: Path) -> Path:
+    """The checkpoint of the epoch with the best validation kappa."""
+    return Path(run) / CHECKPOINT_DIR / BEST_CHECKPOINT
+
+
+def write_run_files(run: Path, config: dict, data_fingerprint: str) -> None:
+    """Save the resolved config and the environment into the run folder."""
+    run.mkdir(parents=True, exist_ok=True)
+    (run / CONFIG_FILE).write_text(yaml.safe_dump(config, sort_keys=False))
+    env = {
+        "command": " ".join(sys.argv),
+        "data_fingerprint": data_fingerprint,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        **{name: version(name) for name in ("drgrade", "torch", "torchvision", "lightning",
+                                            "torchmetrics")},
+    }
+    (run / ENVIRONMENT_FILE).write_text(json.dumps(env, indent=2) + "\n")
+
+
+def read_run_config(run: Path) -> dict:
+    """The resolved config a run was started with."""
+    return yaml.safe_load((Path(run) / CONFIG_FILE).read_text())
