@@ -17,3 +17,18 @@ def shared_data() -> Path:
             pytest.fail(f"{reason}, and CI must run the real-data tests")
         pytest.skip(reason)
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_run(shared_data, tmp_path_factory) -> Path:
+    """A run folder trained for a few steps on real RetinaMNIST (shared by read-only tests)."""
+    from drgrade.config import load_config
+    from drgrade.fit import train
+
+    config = load_config(None, {
+        "data": str(shared_data / "retinamnist/retinamnist.npz"),
+        "out": str(tmp_path_factory.mktemp("runs") / "tiny"), "image_size": 28,
+        "batch_size": 32, "epochs": 2, "max_train_batches": 4, "optimizer": "adamw",
+        "lr": 2e-3, "num_workers": 0, "accelerator": "cpu", "devices": "1",
+    })
+    return train(config, progress=False)

@@ -71,6 +71,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Score a run's best checkpoint (or a checkpoint) on one split."""
+    from drgrade.evaluation.evaluate import METRICS_FILE, evaluate, resolve_checkpoint
+    from drgrade.evaluation.metrics import metrics_table
+
+    out = args.out or resolve_checkpoint(args.checkpoint).parent.parent
+    metrics = evaluate(args.checkpoint, args.data, args.split, args.tta, out)
+    print(f"{metrics['checkpoint']} on the {args.split} split of {metrics['data']}"
+          f"{' (flip TTA)' if args.tta else ''}:")
+    print(metrics_table(metrics))
+    print(f"\nwritten: {Path(out) / METRICS_FILE} and figures in {Path(out) / 'figures'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every command."""
     parser = argparse.ArgumentParser(
@@ -125,6 +139,20 @@ def build_parser() -> argparse.ArgumentParser:
                        help="continue the run in --out from checkpoints/last.ckpt")
     add_config_arguments(train)
     train.set_defaults(run=cmd_train)
+
+    evaluate = command(
+        "evaluate", help="score a trained grader: accuracy beside the baseline, kappa, "
+                         "per-grade recall, referable-DR sensitivity/specificity/AUC",
+        description="Evaluate a run folder (its best checkpoint) or a checkpoint on one split. "
+                    "Writes metrics.json and figures (confusion matrices, referable ROC).",
+    )
+    evaluate.add_argument("checkpoint", type=Path, metavar="RUN_OR_CHECKPOINT")
+    evaluate.add_argument("--data", help="data to evaluate on (default: the run's training data)")
+    evaluate.add_argument("--split", default="test", choices=["train", "val", "test"])
+    evaluate.add_argument("--tta", action="store_true", help="average over flipped views")
+    evaluate.add_argument("--out", type=Path,
+                          help="folder for metrics.json and figures (default: the run folder)")
+    evaluate.set_defaults(run=cmd_evaluate)
     return parser
 
 

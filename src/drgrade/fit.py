@@ -12,6 +12,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressB
 from drgrade.config import TrainConfig
 from drgrade.data.datamodule import GradingDataModule
 from drgrade.errors import DrgradeError
+from drgrade.evaluation.plots import plot_curves
 from drgrade.run_folder import (
     BEST_CHECKPOINT,
     CHECKPOINT_DIR,
@@ -94,4 +95,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> P
     write_run_files(run, config.to_dict(), data.manifest.fingerprint())
     trainer = make_trainer(config, run, progress)
     trainer.fit(module, datamodule=data, ckpt_path=last if resume else None)
+    if trainer.is_global_zero:
+        plot_curves(pd.read_csv(run / LOG_FILE), run / "figures" / "curves.png",
+                    title=f"{config.arch} ({'pretrained' if config.pretrained else 'scratch'})")
     return run

@@ -277,10 +277,9 @@ def test_cli_prepare_end_to_end_and_rerun_skips_everything(shared_data, tmp_path
     assert len(read_prepared(out, None, None).table) == 20
 
 
-@pytest.mark.xfail(raises=ValueError, strict=True,
-                   reason="manifest.assign_splits lets scikit-learn's ValueError out when a "
-                          "grade has fewer images than folds (20 images, 4 a grade, 1/5 test)")
 def test_cli_prepare_with_default_split_fractions(shared_data, tmp_path):
     folder = shared_data / "idrid-train"
     assert main(["prepare", str(folder / "fullres"), "--labels", str(folder / "train.csv"),
                  "--out", str(tmp_path / "prepared"), *CLI_ARGS]) == 0
+    table = read_prepared(tmp_path / "prepared", None, None).table
+    assert set(table["split"]) == {"train", "val", "test"}

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
-from sklearn.model_selection import StratifiedGroupKFold
+from sklearn.model_selection import GroupShuffleSplit, StratifiedGroupKFold
 
 from drgrade.errors import DrgradeError, Problem, problems_error
 from drgrade.grades import NUM_GRADES
@@ -160,8 +160,14 @@ def carve_validation(table: pd.DataFrame, fraction: float, seed: int) -> pd.Data
 
 def _one_fold(rows: pd.DataFrame, fraction: float, seed: int) -> pd.Index:
     n_splits = max(2, min(round(1 / fraction), rows["patient"].nunique()))
-    folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-    _, held_out = next(folds.split(rows, rows["grade"], groups=rows["patient"]))
+    if rows["grade"].value_counts().min() >= n_splits:
+        folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+        _, held_out = next(folds.split(rows, rows["grade"], groups=rows["patient"]))
+    else:
+        # A grade too rare to reach every fold cannot be stratified: still keep patients
+        # together, and draw the fold at random.
+        folds = GroupShuffleSplit(n_splits=1, test_size=1 / n_splits, random_state=seed)
+        _, held_out = next(folds.split(rows, groups=rows["patient"]))
     return rows.index[held_out]
 
 

@@ -15,6 +15,7 @@ from drgrade.config import TrainConfig
 from drgrade.data.datamodule import GradingDataModule
 from drgrade.errors import DrgradeError
 from drgrade.evaluation.metrics import grading_metrics
+from drgrade.evaluation.plots import plot_confusion, plot_referable_roc
 from drgrade.grades import REFERABLE_GRADE
 from drgrade.run_folder import best_checkpoint
 from drgrade.training import GradingModule, load_module
@@ -76,4 +77,18 @@ def evaluate(run_or_checkpoint: Path, data: str | None = None, split: str = "tes
     out = Path(out) if out else checkpoint.parent.parent
     out.mkdir(parents=True, exist_ok=True)
     (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
+    write_figures(out / "figures", split, metrics, grades, referable_score)
     return metrics
+
+
+def write_figures(folder: Path, split: str, metrics: dict, grades: np.ndarray,
+                  referable_score: np.ndarray) -> None:
+    """Confusion matrices (counts and row-normalised) and the referable-DR ROC as PNG."""
+    matrix = np.array(metrics["confusion_matrix"])
+    plot_confusion(matrix, folder / f"confusion_{split}.png", normalize=False,
+                   title=f"{split}: confusion matrix (counts)")
+    plot_confusion(matrix, folder / f"confusion_{split}_normalized.png", normalize=True,
+                   title=f"{split}: confusion matrix (row-normalised)")
+    if metrics["referable_auc"] is not None:
+        plot_referable_roc(grades, referable_score, folder / f"roc_referable_{split}.png",
+                           title=f"{split}: referable DR ROC (AUC {metrics['referable_auc']:.3f})")

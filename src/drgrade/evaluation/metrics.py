@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
+from sklearn.exceptions import UndefinedMetricWarning
 from sklearn.metrics import (
     accuracy_score,
     cohen_kappa_score,
@@ -38,7 +40,9 @@ def grading_metrics(grades: np.ndarray, predicted: np.ndarray, referable_score: 
     precision, recall, f1, support = precision_recall_fscore_support(
         grades, predicted, labels=GRADES, zero_division=0)
     present = support > 0
-    with np.errstate(all="ignore"):
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        # Undefined (one grade only) comes back as NaN and is reported as None.
+        warnings.simplefilter("ignore", UndefinedMetricWarning)
         kappa = cohen_kappa_score(grades, predicted, labels=GRADES, weights="quadratic")
     return {
         "n_images": int(len(grades)),
@@ -78,3 +82,38 @@ def referable_metrics(grades: np.ndarray, predicted: np.ndarray, score: np.ndarr
             "sensitivity": float(true_pos[first]), "specificity": float(1 - false_pos[first]),
         }
     return result
+
+
+def _fmt(value: float | None, percent: bool = False) -> str:
+    if value is None:
+        return "n/a"
+    return f"{100 * value:.2f}%" if percent else f"{value:.3f}"
+
+
+def metrics_table(metrics: dict) -> str:
+    """The metrics as a readable text table, the baseline beside the accuracy."""
+    lines = [
+        f"images: {metrics['n_images']:,}",
+        f"accuracy: {_fmt(metrics['accuracy'], True)}   (majority baseline, always grade "
+        f"{metrics['majority_grade']}: {_fmt(metrics['majority_accuracy'], True)})",
+        f"quadratic weighted kappa: {_fmt(metrics['quadratic_weighted_kappa'])}",
+        f"macro F1: {_fmt(metrics['macro_f1'])}",
+        "",
+        f"  {'grade':<18}{'precision':>10}{'recall':>10}{'F1':>10}{'images':>10}",
+    ]
+    for name, row in metrics["per_class"].items():
+        lines.append(f"  {name:<18}{row['precision']:>10.3f}{row['recall']:>10.3f}"
+                     f"{row['f1']:>10.3f}{row['support']:>10,}")
+    lines += [
+        "",
+        f"referable DR (grade >= 2), prevalence {_fmt(metrics['referable_prevalence'], True)}:",
+        f"  at the model's grade: sensitivity {_fmt(metrics['referable_sensitivity'])}, "
+        f"specificity {_fmt(metrics['referable_specificity'])}",
+        f"  ROC AUC: {_fmt(metrics['referable_auc'])}",
+    ]
+    point = metrics["screening_point"]
+    if point:
+        lines.append(f"  at sensitivity >= {point['target_sensitivity']:.2f}: sensitivity "
+                     f"{point['sensitivity']:.3f}, specificity {point['specificity']:.3f} "
+                     f"(score threshold {point['threshold']:.4g})")
+    return "\n".join(lines)
