@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -22,6 +24,11 @@ from drgrade.run_folder import (
     write_run_files,
 )
 from drgrade.training import GradingModule
+
+# drgrade prints its own summary; Lightning's start-up notes and tips are noise to users.
+logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+# Lightning 2.6 calls a torch API that torch 2.14 deprecates; nothing for users to act on.
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 
 
 class EpochLog(Callback):

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from drgrade.data.fundus import load_photograph
 from drgrade.data.manifest import COLUMNS, patients_in_several_splits, split_counts
-from drgrade.data.sources import detect_layout, load_npz_image, read_source
+from drgrade.data.sources import detect_layout, read_source
 from drgrade.errors import DrgradeError
 
 
@@ -78,7 +79,7 @@ def test_retinamnist_npz_official_split(shared_data):
     assert split_counts(manifest.table).sum(axis=1).to_dict() == {
         "train": 1080, "val": 120, "test": 400,
     }
-    image = load_npz_image(manifest.table.iloc[0]["path"])
+    image = np.asarray(load_photograph(manifest.table.iloc[0]["path"], 28))
     assert image.shape == (28, 28, 3) and image.dtype == np.uint8
 
 

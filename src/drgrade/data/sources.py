@@ -334,15 +334,6 @@ def read_prepared(source: Path, labels: Path | None, images: Path | None) -> Man
     return Manifest(table, "prepared", source, missing)
 
 
-def load_npz_image(reference: str) -> np.ndarray:
-    """The HxWx3 uint8 image behind a manifest path 'file.npz#split/index'."""
-    match = NPZ_REF.match(reference)
-    if not match:
-        raise DrgradeError(f"{reference}: not an npz image reference")
-    with np.load(match["file"]) as arrays:
-        return arrays[f"{match['split']}_images"][int(match["index"])]
-
-
 READERS: dict[str, Callable[[Path, Path | None, Path | None], Manifest]] = {
     "lab": read_lab,
     "eyepacs": read_eyepacs,
