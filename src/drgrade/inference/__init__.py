@@ -1,0 +1,1 @@
+"""Using a trained grader: prediction, heat maps, export, the screening page."""
