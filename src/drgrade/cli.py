@@ -97,6 +97,55 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_experiment(args: argparse.Namespace) -> int:
+    """Run a grid of trainings, then write the report."""
+    from drgrade.config import config_overrides
+    from drgrade.evaluation.experiment import run_experiment
+    from drgrade.evaluation.report import write_report
+
+    # --out is the experiment's folder here; each cell gets its own run folder inside it.
+    overrides = {k: v for k, v in config_overrides(args).items()
+                 if v is not None and k != "out"}
+    run_experiment(args.experiment, args.out, overrides)
+    markdown_file, html_file = write_report(args.out)
+    print(f"report: {markdown_file} and {html_file}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Write the report of the runs in a folder."""
+    from drgrade.evaluation.report import write_report
+
+    markdown_file, html_file = write_report(args.runs)
+    print(f"report: {markdown_file} and {html_file}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """Grade raw photographs into a CSV, optionally with heat maps."""
+    from drgrade.inference.grader import load_grader
+    from drgrade.inference.predict import predict
+
+    grader = load_grader(args.model)
+    summary = predict(grader, args.paths, args.out, batch_size=args.batch_size, tta=args.tta,
+                      kaggle=args.kaggle, explain=args.explain,
+                      explain_method=args.explain_method, workers=args.workers)
+    print(summary)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Export a checkpoint to ONNX and check onnxruntime against PyTorch."""
+    from drgrade.inference.export import export_onnx
+    from drgrade.inference.grader import Grader
+    from drgrade.inference.predict import find_images
+
+    grader = Grader.from_checkpoint(args.checkpoint, device="cpu")
+    images = find_images(args.check_images) if args.check_images else []
+    print(export_onnx(grader, args.onnx, images))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every command."""
     parser = argparse.ArgumentParser(
@@ -166,6 +215,29 @@ def build_parser() -> argparse.ArgumentParser:
                           help="folder for metrics.json and figures (default: the run folder)")
     evaluate.set_defaults(run=cmd_evaluate)
 
+    experiment = command(
+        "experiment", help="run a grid of trainings (archs x pretrained x sizes x seeds) "
+                           "and write the report",
+        description="Run every cell of an experiment file's grid as its own run folder "
+                    "under --out, skipping finished cells and resuming an interrupted one, "
+                    "evaluate each on its test split, then write the report. Training "
+                    "options given as flags apply to every cell (grid values win).",
+    )
+    experiment.add_argument("experiment", type=Path, help="experiment YAML file (base + grid)")
+    experiment.add_argument("--out", type=Path, required=True,
+                            help="experiment folder: one run folder per cell, and the report")
+    add_config_arguments(experiment, skip=("out",))
+    experiment.set_defaults(run=cmd_experiment)
+
+    report = command(
+        "report", help="write report.md and report.html for a folder of runs",
+        description="The lab's table (test accuracy, kappa, referable AUC; pretrained vs "
+                    "scratch), accuracy curves, confusion matrices and the resolution "
+                    "comparison, from the run folders in RUNS; unfinished cells are marked.",
+    )
+    report.add_argument("runs", type=Path, metavar="RUNS_DIR")
+    report.set_defaults(run=cmd_report)
+
     demo = command(
         "demo", help="run the whole pipeline offline on synthetic photographs (~5 CPU min)",
         description="Write synthetic fundus photographs whose lesions follow the grade, "
@@ -177,6 +249,49 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--epochs", type=int, help="training epochs (default: the demo recipe's)")
     demo.add_argument("--seed", type=int, default=0, help="seed of data, split and training")
     demo.set_defaults(run=cmd_demo)
+
+    predict = command(
+        "predict", help="grade raw photographs into a CSV (probabilities, referable, heat maps)",
+        description="Grade raw fundus photographs with a trained model, applying exactly the "
+                    "preprocessing recorded in it (fundus crop, size, enhancement). Unusable "
+                    "files become rows with the reason in the error column; the run goes on.",
+    )
+    predict.add_argument("model", type=Path, metavar="MODEL",
+                         help="run folder (its best checkpoint), .ckpt, or .onnx written by "
+                              "`drgrade export` (runs on onnxruntime, needs nothing else)")
+    predict.add_argument("paths", type=Path, nargs="+", metavar="PATH",
+                         help="photographs, or folders searched recursively for images")
+    predict.add_argument("--out", type=Path, default=Path("predictions.csv"),
+                         help="CSV: image, grade, grade_name, p0..p4 (or score), referable, "
+                              "error")
+    predict.add_argument("--batch-size", type=int, default=16, help="images per batch")
+    predict.add_argument("--tta", action="store_true", help="average over flipped views")
+    predict.add_argument("--kaggle", action="store_true",
+                         help="write Kaggle's image,level (image = file name without "
+                              "extension) instead; failed images are printed, not written")
+    predict.add_argument("--explain", type=Path, metavar="DIR",
+                         help="write a heat map PNG per graded image into DIR "
+                              "(photograph beside the overlay)")
+    predict.add_argument("--explain-method", choices=["gradcam", "gradcam++"],
+                         default="gradcam", help="heat map method")
+    predict.add_argument("--workers", type=int,
+                         help="image loading processes (default: cores - 1, at most 4; "
+                              "0 loads in the main process)")
+    predict.set_defaults(run=cmd_predict)
+
+    export = command(
+        "export", help="export a trained model to ONNX, checked against PyTorch",
+        description="Write the model as one ONNX file with a dynamic batch axis and the "
+                    "preprocessing, head and grade names in its metadata, so that "
+                    "`drgrade predict model.onnx ...` needs nothing else. Fails if "
+                    "onnxruntime's outputs differ from PyTorch's by more than 1e-4.",
+    )
+    export.add_argument("checkpoint", type=Path, metavar="RUN_OR_CHECKPOINT")
+    export.add_argument("--onnx", type=Path, required=True, help="output .onnx file")
+    export.add_argument("--check-images", type=Path, nargs="+", metavar="PATH",
+                        help="photographs or folders to compare outputs on (the first 8 "
+                             "usable; default: 8 random inputs)")
+    export.set_defaults(run=cmd_export)
     return parser
 
 

@@ -165,9 +165,11 @@ def _read_yaml(path: Path) -> dict:
     return values
 
 
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """One --flag per config field; defaults are None so only given flags override."""
+def add_config_arguments(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
+    """One --flag per config field (but `skip`); defaults are None so only given flags count."""
     for spec in fields(TrainConfig):
+        if spec.name in skip:
+            continue
         flag = "--" + spec.name.replace("_", "-")
         kind = _field_type(spec)
         default = spec.default if spec.default is not MISSING else None
@@ -181,5 +183,5 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_overrides(args: argparse.Namespace) -> dict:
-    """The config values given as flags."""
-    return {spec.name: getattr(args, spec.name) for spec in fields(TrainConfig)}
+    """The config values given as flags (None where not given)."""
+    return {spec.name: getattr(args, spec.name, None) for spec in fields(TrainConfig)}

@@ -10,6 +10,7 @@ matplotlib.use("Agg")  # files only; no screen needed
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay  # noqa: E402
 
 from drgrade.grades import GRADE_NAMES, REFERABLE_GRADE  # noqa: E402
@@ -35,6 +36,7 @@ def plot_curves(log: pd.DataFrame, path: Path, title: str = "") -> Path:
                 axis.plot(log["epoch"] + 1, log[column], marker="o", label=split)
         axis.set(xlabel="epoch", ylabel=metric if metric != "kappa" else "quadratic kappa",
                  title=metric)
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.grid(alpha=0.3)
         axis.legend()
     if title:
@@ -64,4 +66,37 @@ def plot_referable_roc(grades: np.ndarray, score: np.ndarray, path: Path, title:
     RocCurveDisplay.from_predictions(np.asarray(grades) >= REFERABLE_GRADE, score, ax=axis,
                                      name="referable DR", plot_chance_level=True)
     axis.set(title=title or "referable DR (grade >= 2) ROC")
+    return _save(figure, path)
+
+
+def plot_comparison(data: pd.DataFrame, path: Path, title: str = "") -> Path:
+    """The lab's figure: train and test accuracy per epoch, pretrained vs scratch."""
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    for init, group in data.groupby("init"):
+        for split, style in (("train", "--"), ("test", "-")):
+            column = f"{split}_accuracy"
+            if column in group and group[column].notna().any():
+                axis.plot(group["epoch"] + 1, 100 * group[column], style, marker="o",
+                          label=f"{split} ({init})")
+    axis.set(xlabel="epoch", ylabel="accuracy (%)", title=title or "accuracy per epoch")
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axis.grid(alpha=0.3)
+    axis.legend()
+    return _save(figure, path)
+
+
+def plot_resolution(table: pd.DataFrame, path: Path) -> Path:
+    """Test accuracy and kappa against image size, a line per architecture/initialisation.
+
+    `table` has rows (arch, init) and columns (metric, image size).
+    """
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for axis, metric, label in zip(axes, ("accuracy", "quadratic_weighted_kappa"),
+                                   ("test accuracy", "test quadratic kappa"), strict=True):
+        values = table[metric]
+        for (arch, init), row in values.iterrows():
+            axis.plot(row.index, row.values, marker="o", label=f"{arch} ({init})")
+        axis.set(xlabel="image size (px)", ylabel=label, xticks=list(values.columns))
+        axis.grid(alpha=0.3)
+        axis.legend()
     return _save(figure, path)

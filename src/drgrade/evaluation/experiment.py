@@ -1,0 +1,123 @@
+"""An experiment: a grid of training configs, each cell its own run folder, then the report.
+
+An experiment file names a base training config, values set for every cell, and the grid:
+
+    base: ../retinamnist.yaml        # relative to this file
+    set: {epochs: 8}                 # optional, for every cell
+    grid:
+      arch: [resnet18, resnet50]
+      pretrained: [false]
+      image_size: [28, 64]
+      seed: [0, 1, 2]
+
+A grid value may be a mapping that sets several options at once, named by its own key:
+`arch: [{arch: resnet18, epochs: 10}, {arch: resnet50, epochs: 5}]`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from drgrade.config import TrainConfig, load_config
+from drgrade.errors import DrgradeError
+from drgrade.evaluation.evaluate import METRICS_FILE, evaluate
+from drgrade.fit import train
+from drgrade.run_folder import LOG_FILE, last_checkpoint
+
+PLAN_FILE = "experiment.yaml"
+EXPERIMENT_KEYS = {"base", "set", "grid"}
+
+
+@dataclass
+class Cell:
+    """One grid cell: its run folder name and its training config."""
+
+    name: str
+    config: TrainConfig
+
+
+def cell_name(values: dict) -> str:
+    """A readable, unique folder name from a cell's grid values, e.g. resnet18-scratch-28px."""
+    parts = []
+    for key, value in values.items():
+        if key == "pretrained":
+            parts.append("pretrained" if value else "scratch")
+        elif key == "image_size":
+            parts.append(f"{value}px")
+        elif key == "seed":
+            parts.append(f"seed{value}")
+        elif key == "arch":
+            parts.append(str(value))
+        else:
+            parts.append(f"{key}={value}")
+    return "-".join(parts)
+
+
+def load_experiment(path: Path | str, out: Path | str,
+                    overrides: dict | None = None) -> tuple[dict, list[Cell]]:
+    """The experiment plan (as written to OUT/experiment.yaml) and its cells."""
+    path, out = Path(path), Path(out)
+    if not path.is_file():
+        raise DrgradeError(f"{path}: experiment file not found")
+    spec = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(spec, dict) or not isinstance(spec.get("grid"), dict) or not spec["grid"]:
+        raise DrgradeError(f"{path}: needs a `grid:` mapping of option: [values, ...]")
+    unknown = set(spec) - EXPERIMENT_KEYS
+    if unknown:
+        raise DrgradeError(f"{path}: unknown key(s) {', '.join(sorted(unknown))}; "
+                           f"an experiment has {', '.join(sorted(EXPERIMENT_KEYS))}")
+    base = (path.parent / spec["base"]) if spec.get("base") else None
+    grid = {key: values if isinstance(values, list) else [values]
+            for key, values in spec["grid"].items()}
+    shared = {**(spec.get("set") or {}), **(overrides or {})}
+    cells = []
+    for combination in itertools.product(*grid.values()):
+        values: dict = {}
+        for key, value in zip(grid, combination, strict=True):
+            # A mapping sets several options with one grid value: {arch: resnet50, epochs: 5}.
+            values.update(value if isinstance(value, dict) else {key: value})
+        name = cell_name({key: values[key] for key in grid})
+        # Test curves are needed for the lab's comparison figure (never for selection).
+        settings = {**shared, **values, "out": str(out / name), "track_test": True}
+        try:
+            cells.append(Cell(name, load_config(base, settings)))
+        except DrgradeError as error:
+            raise DrgradeError(f"{path}, cell {name}: {error}") from None
+    plan = {"experiment": str(path), "base": str(base) if base else None, "set": shared,
+            "grid": grid, "cells": [cell.name for cell in cells]}
+    return plan, cells
+
+
+def cell_state(run: Path, epochs: int) -> str:
+    """'done' (trained and evaluated), 'trained', 'interrupted' or 'new'."""
+    log = run / LOG_FILE
+    trained = log.is_file() and len(pd.read_csv(log)) >= epochs
+    if trained:
+        return "done" if (run / METRICS_FILE).is_file() else "trained"
+    return "interrupted" if last_checkpoint(run).is_file() else "new"
+
+
+def run_experiment(path: Path | str, out: Path | str, overrides: dict | None = None,
+                   say=print) -> list[Cell]:
+    """Train and evaluate every cell not yet done; resume an interrupted one."""
+    out = Path(out)
+    plan, cells = load_experiment(path, out, overrides)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / PLAN_FILE).write_text(yaml.safe_dump(plan, sort_keys=False))
+    started = time.monotonic()
+    for number, cell in enumerate(cells, start=1):
+        run = Path(cell.config.out)
+        state = cell_state(run, cell.config.epochs)
+        elapsed = time.monotonic() - started
+        say(f"[cell {number}/{len(cells)}, {elapsed / 60:.1f} min] {cell.name}: {state}")
+        if state in ("new", "interrupted"):
+            train(cell.config, resume=state == "interrupted")
+        if state != "done":
+            evaluate(run, split="test", progress=False)
+    return cells
