@@ -146,6 +146,18 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve the grading web page for a model until interrupted."""
+    from drgrade.serve.app import serve
+
+    try:
+        serve(args.model, args.host, args.port, args.max_upload_mb, args.explain_method)
+    except KeyboardInterrupt:
+        pass  # Ctrl+C is how a server is meant to stop
+    print("drgrade serve: stopped")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every command."""
     parser = argparse.ArgumentParser(
@@ -292,6 +304,25 @@ def build_parser() -> argparse.ArgumentParser:
                         help="photographs or folders to compare outputs on (the first 8 "
                              "usable; default: 8 random inputs)")
     export.set_defaults(run=cmd_export)
+
+    serve = command(
+        "serve", help="a web page to grade one photograph at a time (grade, probabilities, "
+                      "referable flag, heat map)",
+        description="Serve a page (and its JSON API, POST /api/grade) where a fundus "
+                    "photograph is uploaded and graded with the model's own preprocessing, "
+                    "with its Grad-CAM heat map. Listens on this machine only unless --host "
+                    "says otherwise; uploads are not kept.",
+    )
+    serve.add_argument("model", type=Path, metavar="MODEL",
+                       help="run folder (its best checkpoint), .ckpt, or .onnx (no heat maps)")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (0.0.0.0: every interface, with no login)")
+    serve.add_argument("--port", type=int, default=8000, help="port to listen on (0: a free one)")
+    serve.add_argument("--max-upload-mb", type=float, default=20.0,
+                       help="largest photograph accepted, in MB")
+    serve.add_argument("--explain-method", choices=["gradcam", "gradcam++"], default="gradcam",
+                       help="heat map method")
+    serve.set_defaults(run=cmd_serve)
     return parser
 
 

@@ -1,0 +1,1 @@
+"""The web page: upload a fundus photograph, see its grade, probabilities and heat map."""
