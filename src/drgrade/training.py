@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy, MulticlassCohenKappa
 from torchmetrics.functional.classification import multiclass_accuracy, multiclass_cohen_kappa
 
+from drgrade import __version__
 from drgrade.config import TrainConfig
 from drgrade.errors import DrgradeError
 from drgrade.grades import NUM_GRADES
@@ -171,15 +172,60 @@ def load_module(checkpoint: Path | str) -> GradingModule:
         raise DrgradeError(f"{checkpoint}: checkpoint not found")
     try:
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
-        raise DrgradeError(f"{checkpoint}: not a loadable checkpoint ({error})") from None
+    except pickle.UnpicklingError as error:
+        # Not torch's message: it advises weights_only=False, which would run the file's code.
+        raise DrgradeError(
+            f"{checkpoint}: refused: it holds Python objects besides tensors and plain values, "
+            f"and loading those could run code from the file ({_refusal(error)}); use a "
+            "checkpoint written by `drgrade train`"
+        ) from None
+    except Exception as error:  # torch raises many types for corrupt, truncated or alien files
+        first_line = next(iter(str(error).splitlines()), "")
+        raise DrgradeError(f"{checkpoint}: not a loadable checkpoint "
+                           f"({type(error).__name__}: {first_line})") from None
     hparams = state.get("hyper_parameters") if isinstance(state, dict) else None
-    if not hparams or "config" not in hparams:
+    if not isinstance(hparams, dict) or "config" not in hparams:
         raise DrgradeError(
             f"{checkpoint}: no drgrade metadata (config, preprocessing); a plain state_dict "
             "cannot say how to feed the model: use a checkpoint written by `drgrade train`"
         )
+    _check_hparams(checkpoint, hparams)
     module = GradingModule(hparams["config"], hparams["preprocessing"],
                            hparams.get("class_weights"), load_pretrained=False)
-    module.load_state_dict(state["state_dict"])
+    try:
+        module.load_state_dict(state.get("state_dict") or {})
+    except RuntimeError as error:
+        raise DrgradeError(
+            f"{checkpoint}: its weights do not fit the {module.config.arch} "
+            f"{module.config.head} model its config describes "
+            f"({str(error).splitlines()[0]} ...); was it edited or written by another drgrade "
+            "version?"
+        ) from None
     return module
+
+
+def _refusal(error: pickle.UnpicklingError) -> str:
+    """The line of torch's weights-only refusal that names what was refused."""
+    boilerplate = ("Weights only load failed", "Please file an issue", "Check the documentation")
+    lines = [line.strip() for line in str(error).splitlines()]
+    reasons = [line for line in lines if line and not line.startswith(boilerplate)]
+    return reasons[0] if reasons else "objects other than tensors"
+
+
+def _check_hparams(checkpoint: Path, hparams: dict) -> None:
+    """Raise naming what a checkpoint from another drgrade version has that this one lacks."""
+    config, preprocessing = hparams["config"], hparams.get("preprocessing")
+    problems = []
+    if not isinstance(config, dict):
+        problems.append("its config is not a mapping of options")
+    elif unknown := sorted(set(config) - set(TrainConfig.__dataclass_fields__)):
+        problems.append(f"options unknown to drgrade {__version__}: {', '.join(unknown)}")
+    missing = [key for key in ("image_size", "mean", "std")
+               if not isinstance(preprocessing, dict) or key not in preprocessing]
+    if missing:
+        problems.append(f"preprocessing lacks {', '.join(missing)}")
+    if problems:
+        raise DrgradeError(
+            f"{checkpoint}: written by another drgrade version ({'; '.join(problems)}): load it "
+            "with the drgrade version that trained it"
+        )

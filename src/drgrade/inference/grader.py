@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +15,11 @@ from drgrade.data.fundus import preprocess
 from drgrade.data.transforms import eval_transform
 from drgrade.errors import DrgradeError
 from drgrade.grades import GRADE_NAMES, REFERABLE_GRADE
+from drgrade.models import decode_regression
 from drgrade.training import GradingModule, load_module
+
+# Flip-TTA views: the image and its horizontal, vertical and double flips (NCHW dims).
+TTA_FLIPS = ([], [3], [2], [2, 3])
 
 
 @dataclass
@@ -35,38 +41,68 @@ class Prediction:
         return None if self.grade is None else self.grade >= REFERABLE_GRADE
 
 
-class Grader:
-    """Grades raw photographs exactly as the model's training data was prepared.
+@dataclass(frozen=True)
+class Preprocessing:
+    """What a raw photograph goes through before the network, as recorded at training."""
 
-    The checkpoint records the `drgrade prepare` settings (fundus crop, size, Ben Graham
-    enhancement) and the network input (size, normalisation); nothing is left to the user.
-    """
-
-    def __init__(self, module: GradingModule, device: str | None = None):
-        self.module = module.eval()
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.module.to(self.device)
-        settings = module.hparams["preprocessing"]
-        prepared = settings.get("prepare") or {}
-        # Data never prepared (MedMNIST arrays) is fed at the network size, uncropped.
-        self.prepare_size = int(prepared.get("size", settings["image_size"]))
-        self.enhance = prepared.get("enhance", "none")
-        self.transform = eval_transform(settings["image_size"], settings["mean"], settings["std"])
+    prepare_size: int  # side of the fundus square that `drgrade prepare` cached
+    enhance: str  # `drgrade prepare --enhance`
+    image_size: int  # network input side
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
 
     @classmethod
-    def from_checkpoint(cls, checkpoint: Path | str, device: str | None = None) -> Grader:
-        """A grader from a drgrade checkpoint (or a run folder: its best checkpoint)."""
-        from drgrade.evaluation.evaluate import resolve_checkpoint
+    def from_settings(cls, settings: dict) -> Preprocessing:
+        """From the `preprocessing` hyperparameters of a checkpoint."""
+        prepared = settings.get("prepare") or {}
+        # Data never prepared (MedMNIST arrays) is fed at the network size, uncropped.
+        return cls(int(prepared.get("size", settings["image_size"])),
+                   prepared.get("enhance", "none"), int(settings["image_size"]),
+                   tuple(settings["mean"]), tuple(settings["std"]))
 
-        return cls(load_module(resolve_checkpoint(Path(checkpoint))), device)
-
-    @property
-    def is_regression(self) -> bool:
-        return self.module.is_regression
+    @cached_property
+    def transform(self) -> Callable[[Image.Image], torch.Tensor]:
+        """Preprocessed image -> normalised network input tensor (C, H, W)."""
+        return eval_transform(self.image_size, self.mean, self.std)
 
     def load(self, path: Path | str) -> Image.Image:
         """The photograph as training saw it; `RejectedImage` says why it cannot be."""
         return preprocess(path, self.prepare_size, self.enhance)
+
+    def tensor(self, path: Path | str) -> torch.Tensor:
+        """The network input (C, H, W) of a photograph; `RejectedImage` if unusable."""
+        return self.transform(self.load(path))
+
+
+class GraderBase:
+    """Preprocessing, flip TTA and decoding around a network; subclasses run the network.
+
+    `Grader` runs a checkpoint in PyTorch, `OnnxGrader` (export.py) an exported .onnx file.
+    """
+
+    device = "cpu"
+
+    def __init__(self, preprocessing: dict, head: str, thresholds: torch.Tensor):
+        self.preprocessing = preprocessing
+        self.settings = Preprocessing.from_settings(preprocessing)
+        # The attributes Grader had before Preprocessing existed, for its callers.
+        self.prepare_size = self.settings.prepare_size
+        self.enhance = self.settings.enhance
+        self.transform = self.settings.transform
+        self.head = head
+        self.thresholds = thresholds.detach().cpu()
+
+    @property
+    def is_regression(self) -> bool:
+        return self.head == "regression"
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        """Probabilities (N, 5) or scores (N,) of one view of a batch."""
+        raise NotImplementedError
+
+    def load(self, path: Path | str) -> Image.Image:
+        """The photograph as training saw it; `RejectedImage` says why it cannot be."""
+        return self.settings.load(path)
 
     def to_batch(self, images: list[Image.Image]) -> torch.Tensor:
         """Network input for preprocessed images."""
@@ -75,15 +111,19 @@ class Grader:
     @torch.no_grad()
     def outputs(self, batch: torch.Tensor, tta: bool = False) -> torch.Tensor:
         """Per-grade probabilities (N, 5) or regression scores (N,), optionally flip-averaged."""
-        flips = [[], [3], [2], [2, 3]] if tta else [[]]
-        views = [self.module.probabilities(self.module(batch.flip(d) if d else batch))
-                 for d in flips]
+        views = [self.forward(batch.flip(dims) if dims else batch)
+                 for dims in (TTA_FLIPS if tta else TTA_FLIPS[:1])]
         return torch.stack(views).mean(0)
+
+    def decode(self, outputs: torch.Tensor) -> torch.Tensor:
+        """Grades 0-4 from `outputs`: argmax of probabilities, or scores through the cut points."""
+        if self.is_regression:
+            return decode_regression(outputs, self.thresholds)
+        return outputs.argmax(dim=1)
 
     def predictions(self, names: list[str], outputs: torch.Tensor) -> list[Prediction]:
         """Predictions from `outputs` of the images `names`."""
-        # Probabilities decode like logits (argmax); scores through the fitted cut points.
-        grades = self.module.decode(outputs).tolist()
+        grades = self.decode(outputs).tolist()
         values = outputs.cpu().numpy().astype(np.float64)
         if self.is_regression:
             return [Prediction(n, g, score=float(v)) for n, g, v in zip(names, grades, values,
@@ -98,3 +138,36 @@ class Grader:
         except DrgradeError as error:
             return Prediction(str(path), error=getattr(error, "reason", str(error)))
         return self.predictions([str(path)], self.outputs(self.to_batch([image]), tta))[0]
+
+
+class Grader(GraderBase):
+    """Grades raw photographs exactly as the model's training data was prepared.
+
+    The checkpoint records the `drgrade prepare` settings (fundus crop, size, Ben Graham
+    enhancement) and the network input (size, normalisation); nothing is left to the user.
+    """
+
+    def __init__(self, module: GradingModule, device: str | None = None):
+        super().__init__(module.hparams["preprocessing"], module.config.head, module.thresholds)
+        self.module = module.eval()
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.module.to(self.device)
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: Path | str, device: str | None = None) -> Grader:
+        """A grader from a drgrade checkpoint (or a run folder: its best checkpoint)."""
+        from drgrade.evaluation.evaluate import resolve_checkpoint
+
+        return cls(load_module(resolve_checkpoint(Path(checkpoint))), device)
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        return self.module.probabilities(self.module(batch))
+
+
+def load_grader(model: Path | str, device: str | None = None) -> GraderBase:
+    """A grader from a run folder, a .ckpt, or an .onnx file written by `drgrade export`."""
+    if Path(model).suffix.lower() == ".onnx":
+        from drgrade.inference.export import OnnxGrader
+
+        return OnnxGrader(model)
+    return Grader.from_checkpoint(model, device)

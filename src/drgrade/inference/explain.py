@@ -1,0 +1,162 @@
+"""Heat maps: where in the photograph the network found the evidence for its grade.
+
+Grad-CAM (or Grad-CAM++) from the `grad-cam` package, on the deepest convolutional feature
+map that still has spatial extent, for the predicted grade's logit (classification) or for
+the score (regression). Each map is drawn over the network's own input: the preprocessed
+photograph, beside it unmarked.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+from pytorch_grad_cam import GradCAM, GradCAMPlusPlus
+from pytorch_grad_cam.utils.image import show_cam_on_image
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from torch import nn
+from torchvision.models import SwinTransformer, VisionTransformer
+
+from drgrade.errors import DrgradeError
+from drgrade.grades import GRADE_NAMES
+from drgrade.inference.grader import Grader, GraderBase, Prediction
+from drgrade.inference.predict import Batch
+
+CAM_METHODS = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus}
+MIN_PANEL = 256  # small inputs (RetinaMNIST's 28 px) are enlarged so that they can be seen
+CAPTION_HEIGHT = 24
+
+
+def target_layer(model: nn.Module, image_size: int) -> nn.Module:
+    """The last module, in forward order, holding a convolution and giving an (N, C, H, W)
+    map with more than one position: a ResNet's layer4 (layer3 when layer4 is 1x1)."""
+    if isinstance(model, (VisionTransformer, SwinTransformer)):
+        # Their feature maps are tokens or channels-last: Grad-CAM would misread them.
+        raise DrgradeError(f"heat maps (--explain) need a convolutional network, not "
+                           f"{type(model).__name__}: use e.g. resnet18 or resnet50")
+    convolutional = [m for m in model.modules()
+                     if any(isinstance(c, nn.Conv2d) for c in m.modules())]
+    found: list[nn.Module] = []
+
+    def spatial(module: nn.Module, _inputs, output) -> None:
+        if isinstance(output, torch.Tensor) and output.ndim == 4 and output[0, 0].numel() > 1:
+            found.append(module)
+
+    handles = [m.register_forward_hook(spatial) for m in convolutional]
+    training = model.training
+    try:
+        # Eval mode: a probe must not move batch-norm statistics (nor fail on a 1x1 map).
+        with torch.no_grad():
+            device = next(model.parameters()).device
+            model.eval()(torch.zeros(1, 3, image_size, image_size, device=device))
+    finally:
+        model.train(training)
+        for handle in handles:
+            handle.remove()
+    if not found:
+        raise DrgradeError(f"heat maps (--explain): {type(model).__name__} has no convolutional "
+                           f"feature map at {image_size} px")
+    return found[-1]
+
+
+def cam_method(name: str) -> type:
+    """The grad-cam class of a method name."""
+    if name not in CAM_METHODS:
+        raise DrgradeError(f"unknown heat map method {name!r} (--explain-method): choose one "
+                           f"of {', '.join(CAM_METHODS)}")
+    return CAM_METHODS[name]
+
+
+class ScoreTarget:
+    """The regression score itself as the quantity to explain."""
+
+    def __call__(self, output: torch.Tensor) -> torch.Tensor:
+        return output
+
+
+def heat_maps(grader: Grader, inputs: torch.Tensor, grades: Sequence[int],
+              method: str = "gradcam", layer: nn.Module | None = None) -> np.ndarray:
+    """(N, H, W) maps in [0, 1] of the evidence for `grades` (the score, for regression)."""
+    layer = layer or target_layer(grader.module.model, grader.settings.image_size)
+    targets = ([ScoreTarget() for _ in grades] if grader.is_regression
+               else [ClassifierOutputTarget(g) for g in grades])
+    with torch.enable_grad(), cam_method(method)(grader.module, [layer]) as cam:
+        maps = cam(input_tensor=inputs, targets=targets)
+    grader.module.zero_grad(set_to_none=True)  # the parameter gradients were only a means
+    return maps
+
+
+def network_view(grader: GraderBase, inputs: torch.Tensor) -> np.ndarray:
+    """(N, H, W, 3) RGB in [0, 1]: network inputs with the normalisation undone."""
+    mean = torch.tensor(grader.settings.mean).view(1, 3, 1, 1)
+    std = torch.tensor(grader.settings.std).view(1, 3, 1, 1)
+    pixels = inputs.detach().float().cpu() * std + mean
+    return pixels.clamp(0, 1).permute(0, 2, 3, 1).numpy()
+
+
+def caption(prediction: Prediction) -> str:
+    """What a heat map shows: the image, its grade and the explained output."""
+    name = Path(prediction.image).name
+    grade = f"grade {prediction.grade} ({GRADE_NAMES[prediction.grade]})"
+    if prediction.score is not None:
+        return f"{name}: {grade}, Grad-CAM of the score {prediction.score:.2f}"
+    return f"{name}: {grade}, Grad-CAM, p = {prediction.probabilities[prediction.grade]:.2f}"
+
+
+def render(photo: np.ndarray, heat_map: np.ndarray, text: str) -> Image.Image:
+    """The photograph beside it with the heat map over it, under a caption line."""
+    overlay = show_cam_on_image(photo.astype(np.float32), heat_map, use_rgb=True,
+                                image_weight=0.55)
+    plain = np.rint(photo * 255).astype(np.uint8)
+    scale = max(1, -(-MIN_PANEL // photo.shape[0]))  # whole factors keep the pixels honest
+    panels = [Image.fromarray(a).resize((a.shape[1] * scale, a.shape[0] * scale),
+                                        Image.Resampling.NEAREST) for a in (plain, overlay)]
+    width, height = panels[0].size
+    sheet = Image.new("RGB", (2 * width + 4, height + CAPTION_HEIGHT), "white")
+    sheet.paste(panels[0], (0, CAPTION_HEIGHT))
+    sheet.paste(panels[1], (width + 4, CAPTION_HEIGHT))
+    ImageDraw.Draw(sheet).text((4, 4), text, fill="black", font=ImageFont.load_default(14))
+    return sheet
+
+
+class HeatMapWriter:
+    """Writes FOLDER/<image stem>.png for each graded image of a batch."""
+
+    def __init__(self, grader: GraderBase, folder: Path, method: str = "gradcam"):
+        if not isinstance(grader, Grader):
+            raise DrgradeError("--explain needs the PyTorch checkpoint (heat maps need "
+                               "gradients): give the run folder or .ckpt, not the .onnx file")
+        cam_method(method)  # a wrong name fails before any image is graded
+        self.grader = grader
+        self.folder = folder
+        self.method = method
+        self.layer = target_layer(grader.module.model, grader.settings.image_size)
+        self.stems: Counter = Counter()
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def _target(self, image: str) -> Path:
+        stem = Path(image).stem
+        self.stems[stem] += 1
+        # Same-named photographs from different folders must not overwrite each other.
+        suffix = f"-{self.stems[stem]}" if self.stems[stem] > 1 else ""
+        return self.folder / f"{stem}{suffix}.png"
+
+    def write(self, batch: Batch) -> dict[int, str]:
+        """Heat maps of the batch's graded images; their paths by position in the batch."""
+        if batch.inputs is None:
+            return {}
+        graded = [batch.predictions[k] for k in batch.graded]
+        maps = heat_maps(self.grader, batch.inputs, [p.grade for p in graded], self.method,
+                         self.layer)
+        photos = network_view(self.grader, batch.inputs)
+        written = {}
+        for k, prediction, photo, heat_map in zip(batch.graded, graded, photos, maps,
+                                                  strict=True):
+            target = self._target(prediction.image)
+            render(photo, heat_map, caption(prediction)).save(target)
+            written[k] = str(target)
+        return written

@@ -1,0 +1,207 @@
+"""`drgrade predict`: grade raw photographs in batches into a CSV, optionally with heat maps.
+
+Decoding and cropping a raw photograph costs more than the network at small input sizes,
+so images are loaded in DataLoader worker processes while the model runs on the batch
+before. Unusable files become rows with the reason in `error`; the run goes on.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from drgrade.data.fundus import RejectedImage
+from drgrade.data.sources import IMAGE_SUFFIXES
+from drgrade.errors import DrgradeError
+from drgrade.grades import GRADE_NAMES, NUM_GRADES
+from drgrade.inference.grader import GraderBase, Prediction, Preprocessing
+
+PARTIAL_SUFFIX = ".partial"
+
+
+def default_workers() -> int:
+    """Loader processes: one core is left to the model (see benchmarks/RESULTS.md)."""
+    return min(4, max(1, (os.cpu_count() or 1) - 1))
+
+
+def find_images(paths: Sequence[Path | str]) -> list[Path]:
+    """Files given, plus image files found recursively in folders given; no repeats."""
+    found: dict[Path, None] = {}
+    for path in map(Path, paths):
+        if path.is_dir():
+            found.update((p, None) for p in sorted(path.rglob("*"))
+                         if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        elif path.exists():
+            found[path] = None  # given by name: graded, or listed with the reason it fails
+        else:
+            raise DrgradeError(f"{path}: no such file or folder (PATH arguments of predict)")
+    if not found:
+        suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
+        raise DrgradeError(f"no images in {', '.join(map(str, paths))} (looked for {suffixes})")
+    return list(found)
+
+
+class Photographs(Dataset):
+    """Network inputs of photographs: (index, tensor, None), or (index, None, reason)."""
+
+    def __init__(self, paths: list[Path], preprocessing: Preprocessing):
+        self.paths = paths
+        self.preprocessing = preprocessing
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str | None]:
+        try:
+            return index, self.preprocessing.tensor(self.paths[index]), None
+        except RejectedImage as error:
+            return index, None, error.reason
+        except DrgradeError as error:
+            return index, None, str(error)
+        except Exception as error:  # one odd file must not stop a long run; it is listed
+            return index, None, f"unexpected error ({type(error).__name__}: {error})"
+
+
+def _keep_as_list(items: list) -> list:
+    # Failed images have no tensor, so batches are split into good and failed by hand.
+    return items
+
+
+@dataclass
+class Batch:
+    """One batch of predictions; `inputs` holds the network inputs of the graded ones."""
+
+    predictions: list[Prediction]
+    inputs: torch.Tensor | None = None
+    graded: list[int] = field(default_factory=list)  # positions in `predictions` with inputs
+
+
+def iter_batches(grader: GraderBase, images: list[Path], batch_size: int = 16,
+                 tta: bool = False, workers: int = 0) -> Iterator[Batch]:
+    """Predictions batch by batch, in the order of `images`."""
+    loader = DataLoader(Photographs(images, grader.settings), batch_size=batch_size,
+                        num_workers=workers, collate_fn=_keep_as_list)
+    for items in loader:
+        predictions = [Prediction(str(images[i]), error=error) for i, _, error in items]
+        graded = [k for k, (_, tensor, _) in enumerate(items) if tensor is not None]
+        if not graded:
+            yield Batch(predictions)
+            continue
+        inputs = torch.stack([items[k][1] for k in graded]).to(grader.device)
+        results = grader.predictions([predictions[k].image for k in graded],
+                                     grader.outputs(inputs, tta))
+        for k, result in zip(graded, results, strict=True):
+            predictions[k] = result
+        yield Batch(predictions, inputs, graded)
+
+
+@dataclass
+class PredictSummary:
+    """What a predict run did."""
+
+    out: Path
+    graded: int = 0
+    failed: list[Prediction] = field(default_factory=list)
+    grades: Counter = field(default_factory=Counter)
+    heat_maps: Path | None = None
+    kaggle: bool = False  # failures are then only printed, so all of them are
+
+    def __str__(self) -> str:
+        counts = ", ".join(f"{g} {GRADE_NAMES[g]}: {self.grades[g]}" for g in range(NUM_GRADES))
+        lines = [f"graded {self.graded}, failed {len(self.failed)} ({counts})"]
+        shown = self.failed if self.kaggle else self.failed[:10]
+        lines += [f"  failed: {p.image}: {p.error}" for p in shown]
+        if len(self.failed) > len(shown):
+            lines.append(f"  ... and {len(self.failed) - len(shown)} more (see the error column)")
+        lines.append(f"written: {self.out}")
+        if self.heat_maps:
+            lines.append(f"heat maps: {self.heat_maps}")
+        return "\n".join(lines)
+
+
+def csv_header(regression: bool, kaggle: bool, explain: bool) -> list[str]:
+    """Columns of the predictions CSV."""
+    if kaggle:
+        return ["image", "level"]
+    values = ["score"] if regression else [f"p{g}" for g in range(NUM_GRADES)]
+    return ["image", "grade", "grade_name", *values, "referable", "error"] + (
+        ["heat_map"] if explain else [])
+
+
+def csv_row(p: Prediction, regression: bool, kaggle: bool = False,
+            heat_map: str | None = None) -> list:
+    """One CSV row (Kaggle: file stem and grade); empty cells where there is no grade."""
+    if kaggle:
+        return [Path(p.image).stem, p.grade]
+    if p.grade is None:
+        values = [""] * (1 if regression else NUM_GRADES)
+    elif regression:
+        values = [f"{p.score:.6g}"]
+    else:
+        values = [f"{v:.6g}" for v in p.probabilities]
+    row = [p.image, p.grade, p.grade_name, *values, p.referable, p.error or ""]
+    return row if heat_map is None else [*row, heat_map]
+
+
+def _check_kaggle_ids(images: list[Path]) -> None:
+    stems = Counter(p.stem for p in images)
+    repeated = [s for s, n in stems.items() if n > 1]
+    if repeated:
+        raise DrgradeError(
+            f"--kaggle: image ids must be unique, but {len(repeated)} file names repeat in "
+            f"different folders (e.g. {repeated[0]!r}); predict each folder separately"
+        )
+
+
+def predict(grader: GraderBase, paths: Sequence[Path | str], out: Path | str,
+            batch_size: int = 16, tta: bool = False, kaggle: bool = False,
+            explain: Path | str | None = None, explain_method: str = "gradcam",
+            workers: int | None = None, progress: bool = True) -> PredictSummary:
+    """Grade the photographs in `paths` into the CSV `out`; heat maps into `explain`."""
+    if batch_size < 1:
+        raise DrgradeError(f"--batch-size must be at least 1, got {batch_size}")
+    images = find_images(paths)
+    if kaggle:
+        _check_kaggle_ids(images)
+    heat_map_writer = None
+    if explain is not None:
+        from drgrade.inference.explain import HeatMapWriter
+
+        heat_map_writer = HeatMapWriter(grader, Path(explain), explain_method)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Rows go to a partial file as they come; only a finished run gets the real name.
+    partial = out.with_name(out.name + PARTIAL_SUFFIX)
+    summary = PredictSummary(out, heat_maps=Path(explain) if explain is not None else None,
+                             kaggle=kaggle)
+    workers = default_workers() if workers is None else workers
+    # disable=None: a progress bar on a terminal, none in a log file.
+    with partial.open("w", newline="") as handle, tqdm(
+            total=len(images), desc="predict", unit="img",
+            disable=None if progress else True) as bar:
+        writer = csv.writer(handle)
+        writer.writerow(csv_header(grader.is_regression, kaggle, heat_map_writer is not None))
+        for batch in iter_batches(grader, images, batch_size, tta, workers):
+            maps = heat_map_writer.write(batch) if heat_map_writer else {}
+            for k, p in enumerate(batch.predictions):
+                if p.grade is None:
+                    summary.failed.append(p)
+                    if kaggle:
+                        continue  # Kaggle wants a level for every row; failures are printed
+                else:
+                    summary.graded += 1
+                    summary.grades[p.grade] += 1
+                heat_map = maps.get(k, "") if heat_map_writer else None
+                writer.writerow(csv_row(p, grader.is_regression, kaggle, heat_map))
+            handle.flush()
+            bar.update(len(batch.predictions))
+    partial.replace(out)
+    return summary

@@ -1,0 +1,110 @@
+"""Heat maps: on the lesions where the evidence is known, and written beside the CSV."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from drgrade.cli import main
+from drgrade.config import TrainConfig
+from drgrade.data.synthetic import synthetic_fundus
+from drgrade.errors import DrgradeError
+from drgrade.inference.explain import heat_maps, target_layer
+from drgrade.inference.grader import Grader, load_grader
+from drgrade.inference.predict import find_images, iter_batches, predict
+from drgrade.models import build_model
+from drgrade.training import GradingModule
+
+SIZE = 128
+
+
+def exudate_grader() -> Grader:
+    """A grader whose only evidence for grade 3 is exudate yellow (green well above blue).
+
+    The network is one 1x1 convolution (the feature map Grad-CAM uses), a ReLU, global
+    average pooling and a linear layer, so the right heat map is known in advance.
+    """
+    config = TrainConfig(data="-", image_size=SIZE).to_dict()
+    preprocessing = {"image_size": SIZE, "mean": [0.5] * 3, "std": [0.5] * 3,
+                     "prepare": {"size": SIZE, "enhance": "none"}}
+    module = GradingModule(config, preprocessing, load_pretrained=False)
+    yellow, grades = nn.Conv2d(3, 1, 1), nn.Linear(1, 5)
+    with torch.no_grad():
+        # Inputs are (x - 0.5) / 0.5, so 0.5 * (G - B) is green minus blue in [0, 1] units.
+        yellow.weight.copy_(torch.tensor([0.0, 0.5, -0.5]).view(1, 3, 1, 1))
+        yellow.bias.fill_(-0.3)
+        grades.weight.copy_(torch.tensor([[-1.0], [0], [0], [1], [0]]))
+        grades.bias.zero_()
+    module.model = nn.Sequential(yellow, nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), grades)
+    return Grader(module, "cpu")
+
+
+def test_heat_map_lies_on_the_lesions(tmp_path):
+    # The same eye without and with lesions (seed 0 draws exudates): the difference is
+    # where the lesions are.
+    eyes = {}
+    for grade in (0, 3):
+        path = tmp_path / f"grade{grade}.png"
+        synthetic_fundus(grade, np.random.default_rng(0), (800, 600)).save(path)
+        eyes[grade] = path
+    grader = exudate_grader()
+    healthy, diseased = (grader.settings.tensor(eyes[g]) for g in (0, 3))
+    lesions = (diseased - healthy).abs().sum(0).numpy() > 0.3
+    [heat_map] = heat_maps(grader, diseased[None], [3])
+    assert heat_map.shape == (SIZE, SIZE) and np.isfinite(heat_map).all()
+    assert heat_map.min() == 0 and heat_map.max() == pytest.approx(1, abs=1e-3)
+    hot = heat_map > 0.5
+    assert hot.sum() >= 10
+    assert lesions[hot].mean() > 0.95  # the hot pixels are lesion pixels (exudates)
+    # Cooler elsewhere: the yellow rim of the optic disc is weaker evidence of the same kind.
+    assert heat_map[lesions].mean() > 2 * heat_map[~lesions].mean()
+
+
+def test_target_layer_is_the_last_spatial_block():
+    resnet = build_model("resnet18")
+    assert target_layer(resnet, 224) is resnet.layer4
+    # At 28 px layer4 is 1x1: the map comes from layer3 (2x2) instead.
+    assert target_layer(resnet, 28) is resnet.layer3
+    densenet = build_model("densenet121")
+    assert target_layer(densenet, 64) is densenet.features
+    with pytest.raises(DrgradeError, match="need a convolutional network"):
+        target_layer(build_model("vit_b_16"), 224)
+
+
+def test_heat_maps_of_a_trained_run(fundus_run, synthetic_photos):
+    grader = Grader.from_checkpoint(fundus_run, "cpu")
+    assert grader.enhance == "ben-graham" and grader.prepare_size == 96
+    photos = find_images([synthetic_photos])
+    [batch] = iter_batches(grader, photos[:3], batch_size=3)
+    maps = heat_maps(grader, batch.inputs, [p.grade for p in batch.predictions])
+    assert maps.shape == (3, 96, 96) and np.isfinite(maps).all()
+    assert all(m.std() > 0.01 for m in maps), "a constant heat map says nothing"
+    gradcampp = heat_maps(grader, batch.inputs, [0, 1, 2], method="gradcam++")
+    assert gradcampp.shape == maps.shape and np.isfinite(gradcampp).all()
+    assert all(p.grad is None for p in grader.module.parameters())
+
+
+def test_explain_writes_a_png_per_graded_image(fundus_run, photographs, odd_folder, tmp_path):
+    grader = Grader.from_checkpoint(fundus_run, "cpu")
+    images = sorted(photographs.glob("*.jpg"))[:3] + [odd_folder / "black.png"]
+    out, maps = tmp_path / "p.csv", tmp_path / "maps"
+    summary = predict(grader, images, out, explain=maps, workers=0, progress=False)
+    assert summary.graded == 3 and summary.heat_maps == maps
+    table = pd.read_csv(out, keep_default_na=False)
+    assert table["heat_map"].tolist() == [str(maps / f"{p.stem}.png") for p in images[:3]] + [""]
+    for path in table["heat_map"][:3]:
+        with Image.open(path) as sheet:  # photograph beside overlay, 96 px enlarged to 288
+            assert sheet.format == "PNG" and sheet.size == (2 * 288 + 4, 288 + 24)
+
+
+def test_explain_regression_and_onnx_refusal(regression_run, onnx_model, photographs,
+                                            tmp_path, capsys):
+    maps = tmp_path / "maps"
+    assert main(["predict", str(regression_run), str(photographs / "IDRiD_002.jpg"),
+                 "--out", str(tmp_path / "r.csv"), "--explain", str(maps),
+                 "--explain-method", "gradcam++", "--workers", "0"]) == 0
+    assert (maps / "IDRiD_002.png").is_file()
+    with pytest.raises(DrgradeError, match="--explain needs the PyTorch checkpoint"):
+        predict(load_grader(onnx_model), [photographs], tmp_path / "o.csv", explain=maps)

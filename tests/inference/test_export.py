@@ -1,0 +1,95 @@
+"""`drgrade export`: one .onnx file that grades like the checkpoint, with nothing else."""
+
+import json
+
+import numpy as np
+import onnx
+import pandas as pd
+import pytest
+
+from drgrade import __version__
+from drgrade.cli import main
+from drgrade.errors import DrgradeError
+from drgrade.inference import export
+from drgrade.inference.export import OnnxGrader, export_onnx
+from drgrade.inference.grader import Grader, load_grader
+from drgrade.inference.predict import predict
+
+
+def test_onnx_file_carries_its_preprocessing(tiny_run, onnx_model):
+    grader = Grader.from_checkpoint(tiny_run, "cpu")
+    model = onnx.load(onnx_model)
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert meta["drgrade.version"] == __version__
+    assert meta["drgrade.head"] == "classification"
+    assert json.loads(meta["drgrade.preprocessing"]) == grader.preprocessing
+    assert json.loads(meta["drgrade.grade_names"])[4] == "proliferative"
+    # One file: the weights are inside, and the batch axis is free.
+    assert not list(onnx_model.parent.glob("*.data"))
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    assert dims[0].dim_param and [d.dim_value for d in dims[1:]] == [3, 28, 28]
+    onnx_grader = load_grader(onnx_model)
+    assert isinstance(onnx_grader, OnnxGrader) and onnx_grader.settings == grader.settings
+
+
+def test_onnx_predictions_equal_torch(tiny_run, onnx_model, photographs, odd_folder, tmp_path):
+    tables = {}
+    for name, model in (("torch", tiny_run), ("onnx", onnx_model)):
+        out = tmp_path / f"{name}.csv"
+        predict(load_grader(model, "cpu"), [photographs, odd_folder], out, workers=0,
+                progress=False)
+        tables[name] = pd.read_csv(out, keep_default_na=False)
+    torch_table, onnx_table = tables["torch"], tables["onnx"]
+    assert len(torch_table) == 23
+    for column in ("image", "grade", "referable", "error"):
+        assert (torch_table[column] == onnx_table[column]).all(), column
+    graded = torch_table["error"] == ""
+    columns = [f"p{g}" for g in range(5)]
+    np.testing.assert_allclose(onnx_table.loc[graded, columns].astype(float),
+                               torch_table.loc[graded, columns].astype(float), atol=1e-4)
+
+
+def test_regression_export_keeps_the_cut_points(regression_run, photographs, tmp_path):
+    grader = Grader.from_checkpoint(regression_run, "cpu")
+    report = export_onnx(grader, tmp_path / "regression.onnx", [photographs / "IDRiD_003.jpg"])
+    assert report.output == "score" and report.max_difference <= 1e-4
+    assert report.checked.startswith("1 photographs")
+    onnx_grader = OnnxGrader(report.path)
+    assert onnx_grader.is_regression
+    assert onnx_grader.thresholds.tolist() == pytest.approx(grader.thresholds.tolist())
+    for path in sorted(photographs.glob("*.jpg"))[:4]:
+        expected, actual = grader.predict_image(path), onnx_grader.predict_image(path)
+        assert actual.grade == expected.grade
+        assert actual.score == pytest.approx(expected.score, abs=1e-4)
+
+
+def test_cli_export(tiny_run, photographs, tmp_path, capsys):
+    out = tmp_path / "cli.onnx"
+    assert main(["export", str(tiny_run), "--onnx", str(out),
+                 "--check-images", str(photographs)]) == 0
+    printed = capsys.readouterr().out
+    assert f"exported {out}" in printed
+    assert "max |onnxruntime - PyTorch| of the logits = " in printed
+    assert f"on 8 photographs ({photographs})" in printed
+    assert main(["export", str(tiny_run), "--onnx", str(tmp_path / "model.pt")]) == 2
+    assert "must end in .onnx" in capsys.readouterr().err
+
+
+def test_export_fails_and_removes_the_file_beyond_tolerance(tiny_run, tmp_path, monkeypatch):
+    monkeypatch.setattr(export, "TOLERANCE", -1.0)  # any difference, even 0, is too much
+    out = tmp_path / "bad.onnx"
+    with pytest.raises(DrgradeError, match=r"logits differ from PyTorch's by .* on 8 random"):
+        export_onnx(Grader.from_checkpoint(tiny_run, "cpu"), out)
+    assert not out.exists()
+
+
+def test_onnx_without_drgrade_metadata(onnx_model, tmp_path):
+    model = onnx.load(onnx_model)
+    del model.metadata_props[:]
+    plain = tmp_path / "plain.onnx"
+    onnx.save(model, plain)
+    with pytest.raises(DrgradeError, match="no drgrade metadata"):
+        load_grader(plain)
+    (tmp_path / "junk.onnx").write_text("not a model")
+    with pytest.raises(DrgradeError, match="not a loadable ONNX model"):
+        load_grader(tmp_path / "junk.onnx")

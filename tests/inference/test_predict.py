@@ -1,0 +1,121 @@
+"""`drgrade predict`: real photographs in, one CSV row per file out, unusable files listed."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from drgrade.cli import main
+from drgrade.errors import DrgradeError
+from drgrade.inference.grader import Grader
+from drgrade.inference.predict import find_images, iter_batches, predict
+
+COLUMNS = ["image", "grade", "grade_name", "p0", "p1", "p2", "p3", "p4", "referable", "error"]
+
+
+@pytest.fixture(scope="module")
+def grader(tiny_run) -> Grader:
+    return Grader.from_checkpoint(tiny_run, "cpu")
+
+
+def test_predict_photographs_and_unusable_files(grader, photographs, odd_files, odd_folder,
+                                                tmp_path):
+    out = tmp_path / "predictions.csv"
+    summary = predict(grader, [photographs, odd_folder], out, batch_size=8, workers=1,
+                      progress=False)
+    table = pd.read_csv(out, keep_default_na=False)
+    assert list(table.columns) == COLUMNS
+    assert len(table) == 20 + len(odd_files)
+    graded = table[table["error"] == ""]
+    assert len(graded) == summary.graded == 20
+    probabilities = graded[[f"p{g}" for g in range(5)]].astype(float).to_numpy()
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-4)
+    assert (graded["grade"].astype(int).to_numpy() == probabilities.argmax(axis=1)).all()
+    assert (graded["referable"] == np.where(graded["grade"].astype(int) >= 2, "True",
+                                            "False")).all()
+    failed = table[table["error"] != ""].set_index("image")
+    assert len(summary.failed) == len(odd_files)
+    for path, reason in odd_files.items():
+        row = failed.loc[str(path)]
+        assert reason in row["error"].lower(), row["error"]
+        assert row["grade"] == row["grade_name"] == row["p0"] == row["referable"] == ""
+    printed = str(summary)
+    assert "graded 20, failed 3" in printed and "notes.jpg: not an image" in printed
+    assert not out.with_name(out.name + ".partial").exists()
+
+
+def test_batches_match_single_images(grader, photographs):
+    # Worker processes and batching must not change any output.
+    images = find_images([photographs])[:5]
+    batched = [p for b in iter_batches(grader, images, batch_size=2, workers=2)
+               for p in b.predictions]
+    for path, prediction in zip(images, batched, strict=True):
+        single = grader.predict_image(path)
+        assert prediction.image == single.image == str(path)
+        np.testing.assert_allclose(prediction.probabilities, single.probabilities, atol=1e-6)
+
+
+def test_tta_averages_the_flips(grader, photographs, tmp_path):
+    images = find_images([photographs])[:4]
+    [batch] = iter_batches(grader, images, batch_size=4, tta=True)
+    with torch.no_grad():
+        flips = torch.stack([grader.forward(batch.inputs.flip(d) if d else batch.inputs)
+                             for d in ([], [3], [2], [2, 3])]).mean(0)
+    np.testing.assert_allclose([p.probabilities for p in batch.predictions], flips, atol=1e-6)
+    summary = predict(grader, images, tmp_path / "tta.csv", tta=True, workers=0,
+                      progress=False)
+    assert summary.graded == 4
+
+
+def test_kaggle_format(grader, photographs, odd_files, odd_folder, tmp_path):
+    out = tmp_path / "submission.csv"
+    summary = predict(grader, [photographs, odd_folder], out, kaggle=True, workers=0,
+                      progress=False)
+    table = pd.read_csv(out)
+    assert list(table.columns) == ["image", "level"]
+    assert table["image"].tolist() == sorted(p.stem for p in photographs.glob("*.jpg"))
+    assert table["level"].between(0, 4).all()
+    assert len(summary.failed) == len(odd_files)  # printed, not written
+
+
+def test_kaggle_refuses_repeated_ids(grader, photographs, tmp_path):
+    twin = tmp_path / "other"
+    twin.mkdir()
+    (twin / "IDRiD_001.jpg").write_bytes((photographs / "IDRiD_001.jpg").read_bytes())
+    with pytest.raises(DrgradeError, match="--kaggle: image ids must be unique.*IDRiD_001"):
+        predict(grader, [photographs, twin], tmp_path / "k.csv", kaggle=True, progress=False)
+
+
+def test_regression_head_writes_scores(regression_run, photographs, tmp_path):
+    grader = Grader.from_checkpoint(regression_run, "cpu")
+    out = tmp_path / "scores.csv"
+    predict(grader, sorted(photographs.glob("*.jpg"))[:3], out, workers=0, progress=False)
+    table = pd.read_csv(out, keep_default_na=False)
+    assert list(table.columns) == ["image", "grade", "grade_name", "score", "referable", "error"]
+    cuts = grader.thresholds.numpy()
+    assert (np.searchsorted(cuts, table["score"].astype(float)) == table["grade"]).all()
+
+
+def test_find_images(photographs, tmp_path):
+    (tmp_path / "nested/deeper").mkdir(parents=True)
+    (tmp_path / "nested/deeper/a.JPG").write_bytes(b"")
+    (tmp_path / "nested/readme.txt").write_text("")
+    assert find_images([tmp_path]) == [tmp_path / "nested/deeper/a.JPG"]
+    # A folder given twice, or a file in it given again, is graded once.
+    assert len(find_images([photographs, photographs / "IDRiD_001.jpg", photographs])) == 20
+    with pytest.raises(DrgradeError, match="no such file or folder"):
+        find_images([tmp_path / "missing"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DrgradeError, match="no images in"):
+        find_images([tmp_path / "empty"])
+
+
+def test_cli_predict(tiny_run, photographs, odd_folder, tmp_path, capsys):
+    out = tmp_path / "cli.csv"
+    assert main(["predict", str(tiny_run), str(photographs), str(odd_folder / "black.png"),
+                 "--out", str(out), "--batch-size", "16", "--workers", "0"]) == 0
+    printed = capsys.readouterr().out
+    assert "graded 20, failed 1" in printed and f"written: {out}" in printed
+    assert len(pd.read_csv(out)) == 21
+    assert main(["predict", str(tiny_run), str(photographs), "--batch-size", "0"]) == 2
+    assert "--batch-size must be at least 1" in capsys.readouterr().err
