@@ -286,9 +286,10 @@ def build_parser() -> argparse.ArgumentParser:
                               "(photograph beside the overlay)")
     predict.add_argument("--explain-method", choices=["gradcam", "gradcam++"],
                          default="gradcam", help="heat map method")
-    predict.add_argument("--workers", type=int,
-                         help="image loading processes (default: cores - 1, at most 4; "
-                              "0 loads in the main process)")
+    # One core fewer than there are, so the model keeps one (benchmarks/RESULTS.md).
+    predict.add_argument("--workers", type=int, default=min(4, max(1, (os.cpu_count() or 1) - 1)),
+                         help="processes decoding and cropping photographs (0: in the main "
+                              "process)")
     predict.set_defaults(run=cmd_predict)
 
     export = command(

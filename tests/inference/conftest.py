@@ -6,13 +6,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from drgrade.cli import main
 from drgrade.config import load_config
 from drgrade.data.prepare import prepare_dataset
 from drgrade.data.sources import read_source
 from drgrade.data.synthetic import write_synthetic_dataset
 from drgrade.fit import train
-from drgrade.inference.export import export_onnx
-from drgrade.inference.grader import Grader
 
 
 @pytest.fixture(scope="session")
@@ -75,7 +74,8 @@ def fundus_run(synthetic_photos, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def onnx_model(tiny_run, photographs, tmp_path_factory) -> Path:
-    """tiny_run exported to ONNX, checked on the IDRiD photographs."""
+    """tiny_run exported by `drgrade export`, checked on the IDRiD photographs."""
     out = tmp_path_factory.mktemp("onnx") / "tiny.onnx"
-    return export_onnx(Grader.from_checkpoint(tiny_run, "cpu"), out,
-                       sorted(photographs.glob("*.jpg"))).path
+    assert main(["export", str(tiny_run), "--onnx", str(out), "--check-images",
+                 str(photographs)]) == 0
+    return out

@@ -6,13 +6,14 @@ import pytest
 import torch
 from PIL import Image
 from torch import nn
+from torchvision.models import VisionTransformer
 
 from drgrade.cli import main
 from drgrade.config import TrainConfig
 from drgrade.data.synthetic import synthetic_fundus
 from drgrade.errors import DrgradeError
-from drgrade.inference.explain import heat_maps, target_layer
-from drgrade.inference.grader import Grader, load_grader
+from drgrade.inference.explain import caption, heat_maps, target_layer
+from drgrade.inference.grader import Grader, Prediction, load_grader
 from drgrade.inference.predict import find_images, iter_batches, predict
 from drgrade.models import build_model
 from drgrade.training import GradingModule
@@ -67,10 +68,12 @@ def test_target_layer_is_the_last_spatial_block():
     assert target_layer(resnet, 224) is resnet.layer4
     # At 28 px layer4 is 1x1: the map comes from layer3 (2x2) instead.
     assert target_layer(resnet, 28) is resnet.layer3
-    densenet = build_model("densenet121")
-    assert target_layer(densenet, 64) is densenet.features
+    mobilenet = build_model("mobilenet_v3_small")
+    assert target_layer(mobilenet, 64) is mobilenet.features
+    tiny_vit = VisionTransformer(image_size=32, patch_size=16, num_layers=1, num_heads=1,
+                                 hidden_dim=8, mlp_dim=8)
     with pytest.raises(DrgradeError, match="need a convolutional network"):
-        target_layer(build_model("vit_b_16"), 224)
+        target_layer(tiny_vit, 32)
 
 
 def test_heat_maps_of_a_trained_run(fundus_run, synthetic_photos):
@@ -97,6 +100,10 @@ def test_explain_writes_a_png_per_graded_image(fundus_run, photographs, odd_fold
     for path in table["heat_map"][:3]:
         with Image.open(path) as sheet:  # photograph beside overlay, 96 px enlarged to 288
             assert sheet.format == "PNG" and sheet.size == (2 * 288 + 4, 288 + 24)
+    graded = Prediction("a/b.jpg", 2, probabilities=[0, 0.1, 0.9, 0, 0])
+    assert caption(graded, "gradcam++") == "b.jpg: grade 2 (moderate), p = 0.90, Grad-CAM++"
+    scored = Prediction("c.png", 3, score=2.71)
+    assert caption(scored) == "c.png: grade 3 (severe), Grad-CAM of the score 2.71"
 
 
 def test_explain_regression_and_onnx_refusal(regression_run, onnx_model, photographs,

@@ -27,13 +27,17 @@ from drgrade.inference.grader import Grader, GraderBase, Prediction
 from drgrade.inference.predict import Batch
 
 CAM_METHODS = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus}
+METHOD_NAMES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++"}
 MIN_PANEL = 256  # small inputs (RetinaMNIST's 28 px) are enlarged so that they can be seen
 CAPTION_HEIGHT = 24
 
 
 def target_layer(model: nn.Module, image_size: int) -> nn.Module:
-    """The last module, in forward order, holding a convolution and giving an (N, C, H, W)
-    map with more than one position: a ResNet's layer4 (layer3 when layer4 is 1x1)."""
+    """The module Grad-CAM looks at: the deepest convolutional block with a spatial map.
+
+    That is the last module, in forward order, that holds a convolution and outputs an
+    (N, C, H, W) map of more than one position: a ResNet's layer4 (layer3 when layer4 is 1x1).
+    """
     if isinstance(model, (VisionTransformer, SwinTransformer)):
         # Their feature maps are tokens or channels-last: Grad-CAM would misread them.
         raise DrgradeError(f"heat maps (--explain) need a convolutional network, not "
@@ -98,13 +102,14 @@ def network_view(grader: GraderBase, inputs: torch.Tensor) -> np.ndarray:
     return pixels.clamp(0, 1).permute(0, 2, 3, 1).numpy()
 
 
-def caption(prediction: Prediction) -> str:
+def caption(prediction: Prediction, method: str = "gradcam") -> str:
     """What a heat map shows: the image, its grade and the explained output."""
     name = Path(prediction.image).name
     grade = f"grade {prediction.grade} ({GRADE_NAMES[prediction.grade]})"
     if prediction.score is not None:
-        return f"{name}: {grade}, Grad-CAM of the score {prediction.score:.2f}"
-    return f"{name}: {grade}, Grad-CAM, p = {prediction.probabilities[prediction.grade]:.2f}"
+        return f"{name}: {grade}, {METHOD_NAMES[method]} of the score {prediction.score:.2f}"
+    probability = prediction.probabilities[prediction.grade]
+    return f"{name}: {grade}, p = {probability:.2f}, {METHOD_NAMES[method]}"
 
 
 def render(photo: np.ndarray, heat_map: np.ndarray, text: str) -> Image.Image:
@@ -157,6 +162,6 @@ class HeatMapWriter:
         for k, prediction, photo, heat_map in zip(batch.graded, graded, photos, maps,
                                                   strict=True):
             target = self._target(prediction.image)
-            render(photo, heat_map, caption(prediction)).save(target)
+            render(photo, heat_map, caption(prediction, self.method)).save(target)
             written[k] = str(target)
         return written

@@ -71,15 +71,19 @@ def metadata(grader: Grader) -> dict[str, str]:
 class OnnxGrader(GraderBase):
     """A grader running an exported .onnx file in onnxruntime; needs no checkpoint."""
 
-    def __init__(self, path: Path | str):
+    def __init__(self, path: Path | str, threads: int | None = None):
+        """`threads`: onnxruntime's intra-op threads (default: one per physical core)."""
         import onnxruntime
 
         path = Path(path)
         if not path.is_file():
             raise DrgradeError(f"{path}: ONNX model not found")
+        options = onnxruntime.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
         try:
             self.session = onnxruntime.InferenceSession(
-                str(path), providers=onnxruntime.get_available_providers())
+                str(path), options, providers=onnxruntime.get_available_providers())
         except Exception as error:  # onnxruntime raises its own types for corrupt files
             raise DrgradeError(f"{path}: not a loadable ONNX model ({error})") from None
         meta = self.session.get_modelmeta().custom_metadata_map

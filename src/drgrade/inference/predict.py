@@ -1,14 +1,15 @@
 """`drgrade predict`: grade raw photographs in batches into a CSV, optionally with heat maps.
 
-Decoding and cropping a raw photograph costs more than the network at small input sizes,
-so images are loaded in DataLoader worker processes while the model runs on the batch
-before. Unusable files become rows with the reason in `error`; the run goes on.
+Photographs are decoded and cropped (about 30 ms each at 512 px) in DataLoader worker
+processes while the model grades the batch before: that takes decoding off the critical
+path when the model runs on a GPU. On a 2-core CPU the model dominates and workers neither
+help nor hurt (benchmarks/RESULTS.md). Unusable files become rows with the reason in
+`error`; the run goes on.
 """
 
 from __future__ import annotations
 
 import csv
-import os
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -25,11 +26,6 @@ from drgrade.grades import GRADE_NAMES, NUM_GRADES
 from drgrade.inference.grader import GraderBase, Prediction, Preprocessing
 
 PARTIAL_SUFFIX = ".partial"
-
-
-def default_workers() -> int:
-    """Loader processes: one core is left to the model (see benchmarks/RESULTS.md)."""
-    return min(4, max(1, (os.cpu_count() or 1) - 1))
 
 
 def find_images(paths: Sequence[Path | str]) -> list[Path]:
@@ -164,8 +160,11 @@ def _check_kaggle_ids(images: list[Path]) -> None:
 def predict(grader: GraderBase, paths: Sequence[Path | str], out: Path | str,
             batch_size: int = 16, tta: bool = False, kaggle: bool = False,
             explain: Path | str | None = None, explain_method: str = "gradcam",
-            workers: int | None = None, progress: bool = True) -> PredictSummary:
-    """Grade the photographs in `paths` into the CSV `out`; heat maps into `explain`."""
+            workers: int = 0, progress: bool = True) -> PredictSummary:
+    """Grade the photographs in `paths` into the CSV `out`; heat maps into `explain`.
+
+    `workers` processes load photographs (0: in this process, which forks nothing).
+    """
     if batch_size < 1:
         raise DrgradeError(f"--batch-size must be at least 1, got {batch_size}")
     images = find_images(paths)
@@ -182,7 +181,6 @@ def predict(grader: GraderBase, paths: Sequence[Path | str], out: Path | str,
     partial = out.with_name(out.name + PARTIAL_SUFFIX)
     summary = PredictSummary(out, heat_maps=Path(explain) if explain is not None else None,
                              kaggle=kaggle)
-    workers = default_workers() if workers is None else workers
     # disable=None: a progress bar on a terminal, none in a log file.
     with partial.open("w", newline="") as handle, tqdm(
             total=len(images), desc="predict", unit="img",
