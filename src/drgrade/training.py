@@ -50,6 +50,10 @@ class GradingModule(L.LightningModule):
         self.train_kappa = MulticlassCohenKappa(NUM_GRADES, weights="quadratic")
         self._outputs: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {"val": [], "test": []}
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # Lets a later drgrade name the version a checkpoint it cannot read came from.
+        checkpoint["drgrade_version"] = __version__
+
     @property
     def is_regression(self) -> bool:
         return self.config.head == "regression"

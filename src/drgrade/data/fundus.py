@@ -84,7 +84,7 @@ def load_photograph(path: str | Path, size: int) -> Image.Image:
         raise RejectedImage("file not readable (permission denied)", source) from None
     except (OSError, SyntaxError, ValueError, EOFError) as error:
         # PIL reports a short file as OSError("image file is truncated ...").
-        if "truncated" in str(error):
+        if "truncated" in str(error).lower():
             raise RejectedImage("truncated image data", source) from None
         raise RejectedImage(f"corrupt image data ({error})", source) from None
 

@@ -17,6 +17,7 @@ from drgrade.errors import DrgradeError
 from drgrade.evaluation.metrics import grading_metrics
 from drgrade.evaluation.plots import plot_confusion, plot_referable_roc
 from drgrade.grades import REFERABLE_GRADE
+from drgrade.inference.grader import TTA_FLIPS
 from drgrade.run_folder import best_checkpoint
 from drgrade.training import GradingModule, load_module
 
@@ -33,7 +34,7 @@ def predict_outputs(module: GradingModule, loader: DataLoader, tta: bool = False
     """
     device = "cuda" if torch.cuda.is_available() else "cpu"
     module = module.eval().to(device)
-    flips = [[], [3], [2], [2, 3]] if tta else [[]]
+    flips = TTA_FLIPS if tta else TTA_FLIPS[:1]
     outputs, grades = [], []
     for images, batch_grades in tqdm(loader, desc="evaluating", disable=not progress):
         images = images.to(device)

@@ -121,7 +121,7 @@ class PhotographGrader:
         maps = heat_maps(self.grader, inputs, [prediction.grade], self.explain_method,
                          self.layer)
         photo = network_view(self.grader, inputs)[0]
-        return png_data_url(render(photo, maps[0], caption(prediction)))
+        return png_data_url(render(photo, maps[0], caption(prediction, self.explain_method)))
 
     def result(self, prediction: Prediction, heat_map: str | None) -> dict:
         """The JSON answer for a graded photograph."""
