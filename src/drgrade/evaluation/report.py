@@ -42,7 +42,12 @@ def collect_runs(runs_dir: Path) -> pd.DataFrame:
         names = sorted(p.name for p in runs_dir.iterdir() if (p / CONFIG_FILE).is_file())
     if not names:
         raise DrgradeError(f"{runs_dir}: no runs found (folders with {CONFIG_FILE})")
-    return pd.DataFrame([_run_row(runs_dir / name) for name in names])
+    runs = pd.DataFrame([_run_row(runs_dir / name) for name in names])
+    # Missing cells leave gaps that would turn sizes into floats ("28.0 px").
+    for column in ("image_size", "seed", "epochs"):
+        if column in runs:
+            runs[column] = runs[column].astype("Int64")
+    return runs
 
 
 def _run_row(run: Path) -> dict:
