@@ -42,7 +42,9 @@ class GradedImages(Dataset):
                 image = self.transform(image)
             else:
                 with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(seed)
+                    # Only the CPU generator: torch.manual_seed also queues CUDA reseeds,
+                    # which cost more than the augmentation at small sizes.
+                    torch.default_generator.manual_seed(seed)
                     image = self.transform(image)
         return image, int(self.grades[index])
 
