@@ -29,6 +29,8 @@ from drgrade.training import GradingModule
 logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
 # Lightning 2.6 calls a torch API that torch 2.14 deprecates; nothing for users to act on.
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+# --resume writes into the run's own checkpoint folder on purpose.
+warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
 
 
 class EpochLog(Callback):

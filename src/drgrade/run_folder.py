@@ -1,7 +1,7 @@
 """The run folder: everything needed to trace a number back to the command that made it.
 
     RUN/config.yaml        resolved config (every option, defaults included)
-    RUN/environment.json   versions, data fingerprint, command line
+    RUN/environment.json   versions, device, data fingerprint, command line
     RUN/log.csv            one row per epoch: losses, accuracy, kappa, learning rate
     RUN/checkpoints/       best.ckpt (best validation kappa) and last.ckpt (for --resume)
 """
@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import json
 import platform
+import shlex
 import sys
 from importlib.metadata import version
 from pathlib import Path
 
+import torch
 import yaml
 
 CONFIG_FILE = "config.yaml"
@@ -34,15 +36,23 @@ def best_checkpoint(run: Path) -> Path:
     return Path(run) / CHECKPOINT_DIR / BEST_CHECKPOINT
 
 
+def _program() -> list[str]:
+    """argv[0] as typed: `python -m drgrade` would otherwise show as .../__main__.py."""
+    if Path(sys.argv[0]).name == "__main__.py":
+        return [Path(sys.executable).name, "-m", "drgrade"]
+    return sys.argv[:1]
+
+
 def write_run_files(run: Path, config: dict, data_fingerprint: str) -> None:
     """Save the resolved config and the environment into the run folder."""
     run.mkdir(parents=True, exist_ok=True)
     (run / CONFIG_FILE).write_text(yaml.safe_dump(config, sort_keys=False))
     env = {
-        "command": " ".join(sys.argv),
+        "command": shlex.join(_program() + sys.argv[1:]),
         "data_fingerprint": data_fingerprint,
         "python": platform.python_version(),
         "platform": platform.platform(),
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
         **{name: version(name) for name in ("drgrade", "torch", "torchvision", "lightning",
                                             "torchmetrics")},
     }

@@ -99,6 +99,9 @@ def test_report_numbers_come_from_the_runs(grid_run):
               for s in (0, 1)]
     assert resolution.loc[("resnet18", "scratch"), ("quadratic_weighted_kappa", 28)] == \
         pytest.approx(sum(kappas) / 2)
+    aucs = [metrics[f"resnet18-scratch-32px-seed{s}"]["referable_auc"] for s in (0, 1)]
+    assert resolution.loc[("resnet18", "scratch"), ("referable_auc", 32)] == \
+        pytest.approx(sum(aucs) / 2)
 
     # Curves: per epoch, the seed mean of the logged train and test accuracy.
     curves = curve_data(runs, "resnet18", 28)
@@ -119,7 +122,10 @@ def test_report_files(grid_run):
     assert "## Resolution" in report_md
     assert report_md.count("confusion_test_normalized.png") == 4
     html = (grid_run / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 4 + 1 + 1  # confusions, curves, resolution
+    assert "### 32 px" in report_md and "### 28 px" in report_md  # the lab's table per size
+    assert "referable AUC @ 28 px" in report_md
+    # 4 confusions, curves for 1 arch x 2 sizes, 1 resolution plot.
+    assert html.count("data:image/png;base64,") == 4 + 2 + 1
     assert 'src="report_figures' not in html and "<table>" in html
 
 

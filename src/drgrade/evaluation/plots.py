@@ -86,13 +86,14 @@ def plot_comparison(data: pd.DataFrame, path: Path, title: str = "") -> Path:
 
 
 def plot_resolution(table: pd.DataFrame, path: Path) -> Path:
-    """Test accuracy and kappa against image size, a line per architecture/initialisation.
+    """Test accuracy, kappa and referable AUC against image size, a line per arch/init.
 
     `table` has rows (arch, init) and columns (metric, image size).
     """
-    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for axis, metric, label in zip(axes, ("accuracy", "quadratic_weighted_kappa"),
-                                   ("test accuracy", "test quadratic kappa"), strict=True):
+    figure, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for axis, metric, label in zip(axes, ("accuracy", "quadratic_weighted_kappa", "referable_auc"),
+                                   ("test accuracy", "test quadratic kappa",
+                                    "test referable-DR AUC"), strict=True):
         values = table[metric]
         for (arch, init), row in values.iterrows():
             axis.plot(row.index, row.values, marker="o", label=f"{arch} ({init})")

@@ -97,10 +97,9 @@ def lab_table(runs: pd.DataFrame, image_size: int) -> pd.DataFrame:
 
 
 def resolution_table(runs: pd.DataFrame) -> pd.DataFrame:
-    """Mean test accuracy and kappa per architecture/initialisation (rows) and size (columns)."""
+    """Mean test METRICS per architecture/initialisation (rows) and (metric, size) (columns)."""
     done = runs[runs["state"] == "done"]
-    means = done.groupby(["arch", "init", "image_size"])[
-        ["accuracy", "quadratic_weighted_kappa"]].mean()
+    means = done.groupby(["arch", "init", "image_size"])[list(METRICS)].mean()
     return means.unstack("image_size")
 
 
@@ -134,19 +133,20 @@ def write_report(runs_dir: Path | str) -> tuple[Path, Path]:
     if done.empty:
         lines += ["No run has finished yet: nothing to tabulate."]
     else:
-        sizes = sorted(done["image_size"].unique())
-        main_size = int(sizes[-1])
+        # Largest first: the lab's table is at its full resolution.
+        sizes = sorted((int(size) for size in done["image_size"].unique()), reverse=True)
         baseline = done["majority_accuracy"].iloc[0]
         lines += [
             "## Test results at the epoch chosen on validation", "",
             f"**Majority-class baseline** (always the most common training grade): "
             f"{100 * baseline:.2f}% test accuracy on {int(done['n_images'].iloc[0]):,} images. "
             "Accuracy alone says little; kappa and referable AUC stand beside it.", "",
-            f"Image size {main_size} px; mean ± sd over seeds. The checkpoint of each run is "
-            "the epoch with the best validation kappa; the test split never chose anything.",
-            "", _md_table(lab_table(runs, main_size)), "",
+            "Mean ± sd over seeds. The checkpoint of each run is the epoch with the best "
+            "validation kappa; the test split never chose anything.", "",
         ]
-        lines += _curves_section(runs, done, main_size, figures)
+        for size in sizes:
+            lines += [f"### {size} px", "", _md_table(lab_table(runs, size)), ""]
+        lines += _curves_section(runs, done, sizes, figures)
         if len(sizes) > 1:
             lines += _resolution_section(runs, figures)
         lines += _confusion_section(done)
@@ -170,15 +170,17 @@ def _status_section(runs: pd.DataFrame) -> list[str]:
     return lines
 
 
-def _curves_section(runs, done, size: int, figures: Path) -> list[str]:
+def _curves_section(runs, done, sizes: list[int], figures: Path) -> list[str]:
     lines = ["## Accuracy per epoch: pretrained vs scratch", "",
              "Test accuracy per epoch was tracked for these curves only (`track_test`); "
              "model selection used validation.", ""]
-    for arch in sorted(done["arch"].unique()):
-        data = curve_data(runs, arch, size)
-        path = plot_comparison(data, figures / f"curves_{arch}_{size}px.png",
-                               title=f"{arch} at {size} px")
-        lines += [f"![{arch} accuracy per epoch]({path.relative_to(figures.parent)})", ""]
+    for size in sizes:
+        for arch in sorted(done["arch"].unique()):
+            data = curve_data(runs, arch, size)
+            path = plot_comparison(data, figures / f"curves_{arch}_{size}px.png",
+                                   title=f"{arch} at {size} px")
+            lines += [f"![{arch} at {size} px, accuracy per epoch]"
+                      f"({path.relative_to(figures.parent)})", ""]
     return lines
 
 
@@ -187,8 +189,7 @@ def _resolution_section(runs, figures: Path) -> list[str]:
     path = plot_resolution(table, figures / "resolution.png")
     shown = table.copy()
     shown.index = [f"{arch} ({init})" for arch, init in shown.index]
-    shown.columns = [f"{'accuracy' if m == 'accuracy' else 'kappa'} @ {s} px"
-                     for m, s in shown.columns]
+    shown.columns = [f"{METRICS[metric]} @ {size} px" for metric, size in shown.columns]
     return ["## Resolution", "", "Mean over seeds, test split.", "",
             _md_table(shown.round(4)), "",
             f"![resolution comparison]({path.relative_to(figures.parent)})", ""]
@@ -208,8 +209,8 @@ def _provenance_section(runs: pd.DataFrame) -> list[str]:
     lines = ["## Where each number comes from", ""]
     for _, run in runs.iterrows():
         lines.append(f"- `{run['name']}` ({run['state']}): run folder `{run['run']}`"
-                     + (f", epoch chosen {run['chosen_epoch']}" if "chosen_epoch" in run
-                        and pd.notna(run.get("chosen_epoch")) else ""))
+                     + (f", epoch chosen {run['chosen_epoch']} of {run['epochs']}"
+                        if "chosen_epoch" in run and pd.notna(run.get("chosen_epoch")) else ""))
         if isinstance(run.get("command"), str):
             lines.append(f"  command: `{run['command']}`; config: "
                          f"`{run['name']}/{CONFIG_FILE}`")
