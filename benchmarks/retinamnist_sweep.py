@@ -41,6 +41,12 @@ RECIPES = {
     "reg-112-rot180": ["image_size=112", "rotation=180", "head=regression"],
     "cls-112-smooth": ["image_size=112", "label_smoothing=0.1"],
     "r50-cls-112": ["image_size=112", "arch=resnet50"],
+    # Second round, around the first round's choice (rotation 180).
+    "reg-28-rot180": ["rotation=180", "head=regression"],
+    "cls-28-rot180-60ep": ["rotation=180", "epochs=60"],
+    "cls-28-rot180-progressive": ["rotation=180", "sampler=progressive"],
+    "cls-28-rot180-crop": ["rotation=180", "crop_scale=0.7"],
+    "cls-28-rot180-smooth": ["rotation=180", "label_smoothing=0.1"],
 }
 SELECTIONS = ("kappa", "kappa+tta", "accuracy", "accuracy+tta")
 COLUMNS = ("accuracy", "auc", "kappa", "referable_auc", "val_accuracy", "val_auc", "val_kappa")
