@@ -106,6 +106,20 @@ def test_unusable_images_are_rejected_with_a_reason(image, reason):
     assert caught.value.reason.startswith(reason)
 
 
+@pytest.mark.parametrize("colour", [(235, 235, 235), (120, 120, 120), (60, 110, 200)])
+def test_frame_filling_pictures_that_are_not_red_are_rejected(colour):
+    # A white screenshot, a grey frame, a blue picture: bright to the corners like a
+    # photograph cropped inside the disc, but without a fundus's colour.
+    with pytest.raises(RejectedImage, match="no fundus found \\(no dark border, and not red"):
+        find_fundus(draw_fundus(400, 300, 200, 150, 400, level=colour))
+
+
+def test_a_grey_disc_on_black_is_a_fundus():
+    # Red-free (greyscale) fundus photographs: the disc's edge is evidence enough.
+    assert_box_near(find_fundus(draw_fundus(400, 300, 200, 150, 140, level=(150, 150, 150))),
+                    truth(200, 150, 140))
+
+
 def test_black_frame_with_only_a_label_has_no_fundus():
     image = Image.new("RGB", (600, 400), (3, 3, 3))
     ImageDraw.Draw(image).text((20, 20), "NO IMAGE 2015-03-02", fill=(255, 255, 255),

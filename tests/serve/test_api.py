@@ -8,7 +8,7 @@ import tempfile
 import pytest
 import torch
 from fastapi.testclient import TestClient
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from drgrade.cli import main
 from drgrade.grades import GRADE_NAMES
@@ -64,6 +64,19 @@ def test_rejects_an_all_black_image_with_422(client, black_png):
     assert response.status_code == 422
     detail = response.json()["detail"]
     assert "black.png" in detail and "fundus" in detail and "blank" in detail
+
+
+def test_rejects_a_screenshot_with_422(client, tmp_path):
+    # White with dark text, bright to the corners: not a colour fundus photograph.
+    image = Image.new("RGB", (640, 400), (246, 246, 246))
+    ImageDraw.Draw(image).text((40, 40), "Patient list  2026-11-28", fill=(20, 20, 20),
+                               font_size=36)
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    response = upload(client, "screen.png", buffer.getvalue(), "image/png")
+    assert response.status_code == 422
+    assert "screen.png" in response.json()["detail"]
+    assert "no fundus found (no dark border, and not red" in response.json()["detail"]
 
 
 def test_rejects_a_truncated_photograph_with_422(client, photograph):
