@@ -10,6 +10,7 @@ from pathlib import Path
 
 from drgrade import __version__
 from drgrade.config import add_config_arguments
+from drgrade.data.download import DATASETS, RETINAMNIST
 from drgrade.errors import DrgradeError
 
 
@@ -52,6 +53,17 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         image_format=args.image_format,
     )
     print(result.summary())
+    return 0
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    """Download and verify a dataset, or explain how to get it."""
+    from drgrade.data.download import download
+
+    path = download(args.dataset, args.out, args.size)
+    size = "" if args.size == 28 else f" --image-size {args.size}"
+    print(f"{path}: verified (MD5). Train on it: drgrade train --config "
+          f"configs/retinamnist.yaml --data {path}{size}")
     return 0
 
 
@@ -178,6 +190,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_source_options(inspect)
     inspect.set_defaults(run=cmd_inspect)
 
+    download = command(
+        "download", help="fetch RetinaMNIST (MD5-checked), or how to get EyePACS/APTOS/IDRiD",
+        description="Download a public DR dataset into --out and verify its published MD5 "
+                    "(a file already there is verified, not overwritten). EyePACS, APTOS and "
+                    "IDRiD need an account: for those it prints the steps.",
+    )
+    download.add_argument("dataset", choices=DATASETS)
+    download.add_argument("--out", type=Path, default=Path("data"), help="folder to put it in")
+    download.add_argument("--size", type=int, default=28, choices=sorted(RETINAMNIST),
+                          help="RetinaMNIST image size (MedMNIST+ publishes 28, 64, 128, 224)")
+    download.set_defaults(run=cmd_download)
+
     prepare = command(
         "prepare", help="crop the fundus, resize and cache a dataset (resumable)",
         description="Raw photographs -> cached dataset folder (images, manifest.csv, "
@@ -251,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.set_defaults(run=cmd_report)
 
     demo = command(
-        "demo", help="run the whole pipeline offline on synthetic photographs (~5 CPU min)",
+        "demo", help="run the whole pipeline offline on synthetic photographs (~2-5 CPU min)",
         description="Write synthetic fundus photographs whose lesions follow the grade, "
                     "prepare them, train ResNet-18 from scratch and evaluate it on a held-out "
                     "split. Needs no data and no network. Rerunning reuses finished stages.",

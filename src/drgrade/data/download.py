@@ -1,0 +1,135 @@
+"""Fetch the public DR datasets that can be fetched, checksum-verified; say how to get the rest.
+
+RetinaMNIST is a direct download from Zenodo (MedMNIST v2/v3 record, MD5s as the MedMNIST
+package publishes them). EyePACS, APTOS and IDRiD need an account and accepted terms, so
+`download` explains the steps instead of pretending.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from drgrade.errors import DrgradeError
+
+TIMEOUT_S = 30  # per connect/read: a firewalled machine fails in seconds, not minutes
+CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class Remote:
+    """A file on a server and the MD5 its publisher gives for it."""
+
+    url: str
+    md5: str
+
+    @property
+    def name(self) -> str:
+        return self.url.rsplit("/", 1)[-1].split("?")[0]
+
+
+_ZENODO = "https://zenodo.org/records/10519652/files"
+RETINAMNIST = {
+    28: Remote(f"{_ZENODO}/retinamnist.npz?download=1", "bd4c0672f1bba3e3a89f0e4e876791e4"),
+    64: Remote(f"{_ZENODO}/retinamnist_64.npz?download=1", "afda852cc34dcda56f86ad2b2457dbcc"),
+    128: Remote(f"{_ZENODO}/retinamnist_128.npz?download=1", "e48e916a24454daf90583d4e6efb1a18"),
+    224: Remote(f"{_ZENODO}/retinamnist_224.npz?download=1", "eae7e3b6f3fcbda4ae613ebdcbe35348"),
+}
+MANUAL = {
+    "eyepacs": (
+        "EyePACS (Kaggle 2015, 35,126 training photographs, about 88 GB) needs a Kaggle "
+        "account that has accepted the competition rules. With the Kaggle CLI configured: "
+        "`kaggle competitions download -c diabetic-retinopathy-detection -p {out}/eyepacs`, "
+        "unpack train.zip.* and trainLabels.csv.zip there, then `drgrade prepare "
+        "{out}/eyepacs --format eyepacs --out {out}/eyepacs-512 --size 512`."
+    ),
+    "aptos": (
+        "APTOS 2019 (3,662 training photographs) needs a Kaggle account that has accepted "
+        "the competition rules: `kaggle competitions download -c aptos2019-blindness-detection "
+        "-p {out}/aptos`, unzip it there, then `drgrade prepare {out}/aptos --format aptos "
+        "--out {out}/aptos-512 --size 512`."
+    ),
+    "idrid": (
+        "IDRiD needs a (free) IEEE DataPort login: download 'B. Disease Grading' from "
+        "https://ieee-dataport.org/open-access/indian-diabetic-retinopathy-image-dataset-idrid, "
+        "unzip it into {out}/idrid, then `drgrade prepare {out}/idrid/<images folder> --labels "
+        "<its training labels CSV> --format idrid --out {out}/idrid-512 --size 512`."
+    ),
+}
+DATASETS = ("retinamnist", *MANUAL)
+
+
+def download(dataset: str, out: Path | str, size: int = 28, progress: bool = True) -> Path:
+    """Download `dataset` into `out` and verify it; the file's path.
+
+    Datasets behind a login raise a DrgradeError that says how to get them.
+    """
+    out = Path(out)
+    if dataset in MANUAL:
+        raise DrgradeError(f"{dataset} cannot be downloaded for you: "
+                           + MANUAL[dataset].format(out=out))
+    if dataset != "retinamnist":
+        raise DrgradeError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
+    if size not in RETINAMNIST:
+        raise DrgradeError(f"RetinaMNIST comes at {', '.join(map(str, RETINAMNIST))} px, "
+                           f"not {size}")
+    return fetch(RETINAMNIST[size], out, progress)
+
+
+def fetch(remote: Remote, out: Path, progress: bool = True) -> Path:
+    """`remote` saved as out/<name> once its MD5 matches; nothing half-written is left.
+
+    A file already at out/<name> is verified, never overwritten.
+    """
+    target = out / remote.name
+    if target.is_file():
+        found = md5_of(target)
+        if found != remote.md5:
+            raise DrgradeError(f"{target} is there but its MD5 {found} is not the published "
+                               f"{remote.md5}: a damaged or different file. Delete it to "
+                               "download it again.")
+        return target
+    out.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(target.name + ".partial")
+    digest = hashlib.md5(usedforsecurity=False)
+    try:
+        with urllib.request.urlopen(remote.url, timeout=TIMEOUT_S) as response, \
+                partial.open("wb") as file, \
+                tqdm(total=_length(response), unit="B", unit_scale=True, desc=remote.name,
+                     disable=not progress) as bar:
+            while chunk := response.read(CHUNK):
+                file.write(chunk)
+                digest.update(chunk)
+                bar.update(len(chunk))
+    except (urllib.error.URLError, OSError) as error:
+        partial.unlink(missing_ok=True)
+        reason = getattr(error, "reason", error)
+        raise DrgradeError(
+            f"cannot download {remote.url}: {reason}. Offline? Fetch it on a connected "
+            f"machine, put it at {target} and run this again to verify it."
+        ) from None
+    if digest.hexdigest() != remote.md5:
+        partial.unlink()
+        raise DrgradeError(f"{remote.url}: MD5 {digest.hexdigest()} is not the published "
+                           f"{remote.md5}; the download was deleted (try again)")
+    shutil.move(partial, target)
+    return target
+
+
+def md5_of(path: Path) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with path.open("rb") as file:
+        while chunk := file.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _length(response) -> int | None:
+    length = response.headers.get("Content-Length")
+    return int(length) if length else None

@@ -1,0 +1,75 @@
+"""Dataset download: the real code path, served from local files (no network here)."""
+
+import urllib.request
+
+import pytest
+
+from drgrade.cli import main
+from drgrade.data import download as dl
+from drgrade.errors import DrgradeError
+
+
+@pytest.fixture
+def local_npz(shared_data):
+    return shared_data / "retinamnist" / "retinamnist.npz"
+
+
+def test_the_recorded_checksum_is_the_official_files(local_npz):
+    # ../shared holds the official file (its README gives the same MD5).
+    assert dl.md5_of(local_npz) == dl.RETINAMNIST[28].md5
+
+
+def test_download_verifies_and_keeps_a_verified_file(local_npz, tmp_path, monkeypatch):
+    assert dl.RETINAMNIST[64].name == "retinamnist_64.npz"  # Zenodo's ?download=1 dropped
+    remote = dl.Remote(local_npz.as_uri(), dl.RETINAMNIST[28].md5)
+    path = dl.fetch(remote, tmp_path / "data", progress=False)
+    assert path == tmp_path / "data" / "retinamnist.npz"
+    assert path.read_bytes() == local_npz.read_bytes()
+    assert list(path.parent.iterdir()) == [path]  # no .partial left
+
+    def offline(*args, **kwargs):
+        raise AssertionError("a verified file must not be fetched again")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    assert dl.fetch(remote, tmp_path / "data", progress=False) == path
+
+
+def test_a_wrong_checksum_deletes_the_download(local_npz, tmp_path):
+    remote = dl.Remote(local_npz.as_uri(), "0" * 32)
+    with pytest.raises(DrgradeError, match="is not the published 0{32}; the download was deleted"):
+        dl.fetch(remote, tmp_path, progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_different_file_in_the_way_is_reported_not_overwritten(local_npz, tmp_path):
+    mine = tmp_path / "retinamnist.npz"
+    mine.write_bytes(b"my own notes")
+    with pytest.raises(DrgradeError, match="retinamnist.npz is there but its MD5"):
+        dl.fetch(dl.Remote(local_npz.as_uri(), dl.RETINAMNIST[28].md5), tmp_path, progress=False)
+    assert mine.read_bytes() == b"my own notes"
+
+
+def test_unreachable_server_says_where_to_put_the_file(tmp_path):
+    remote = dl.Remote("http://127.0.0.1:9/retinamnist.npz", dl.RETINAMNIST[28].md5)
+    with pytest.raises(DrgradeError) as caught:
+        dl.fetch(remote, tmp_path, progress=False)
+    assert f"put it at {tmp_path / 'retinamnist.npz'}" in str(caught.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_datasets_behind_a_login_explain_how_to_get_them(tmp_path):
+    with pytest.raises(DrgradeError, match="kaggle competitions download -c "
+                                           "diabetic-retinopathy-detection"):
+        dl.download("eyepacs", tmp_path)
+    with pytest.raises(DrgradeError, match="ieee-dataport.org"):
+        dl.download("idrid", tmp_path)
+    with pytest.raises(DrgradeError, match="comes at 28, 64, 128, 224 px, not 32"):
+        dl.download("retinamnist", tmp_path, size=32)
+
+
+def test_download_command(local_npz, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(dl.RETINAMNIST, 28, dl.Remote(local_npz.as_uri(), dl.RETINAMNIST[28].md5))
+    assert main(["download", "retinamnist", "--out", str(tmp_path)]) == 0
+    assert "retinamnist.npz: verified (MD5)" in capsys.readouterr().out
+    assert main(["download", "aptos", "--out", str(tmp_path)]) == 2
+    assert "aptos2019-blindness-detection" in capsys.readouterr().err
