@@ -65,7 +65,10 @@ def plot_referable_roc(grades: np.ndarray, score: np.ndarray, path: Path, title:
     figure, axis = plt.subplots(figsize=(5, 5))
     RocCurveDisplay.from_predictions(np.asarray(grades) >= REFERABLE_GRADE, score, ax=axis,
                                      name="referable DR", plot_chance_level=True)
-    axis.set(title=title or "referable DR (grade >= 2) ROC")
+    # Screening reads sensitivity and specificity, not sklearn's TPR/FPR wording.
+    axis.set(title=title or "referable DR (grade >= 2) ROC",
+             xlabel="1 - specificity (false positive rate)",
+             ylabel="sensitivity (true positive rate)")
     return _save(figure, path)
 
 
