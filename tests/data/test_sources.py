@@ -96,6 +96,43 @@ def test_aptos_layout(tmp_path):
     assert manifest.n_found == 2 and not manifest.warnings
 
 
+def _ddr(root: Path, listed: dict[str, str]) -> Path:
+    """DDR-dataset/DR_grading with the given {split file: lines} and an image per line."""
+    grading = root / "DDR-dataset" / "DR_grading"
+    for theirs, text in listed.items():
+        grading.mkdir(parents=True, exist_ok=True)
+        (grading / f"{theirs}.txt").write_text(text)
+        for line in text.splitlines():
+            if len(line.split()) == 2:
+                _image(grading / theirs / line.split()[0])
+    return grading.parent
+
+
+def test_ddr_layout_with_its_ungradable_grade(tmp_path):
+    source = _ddr(tmp_path, {"train": "007-0004-000.jpg 0\n20170323093305605.jpg 2\n"
+                                      "20170413102628830.jpg 5\n",
+                             "valid": "007-0007-000.jpg 4\n\n",
+                             "test": "20170417152415441.jpg 1\n007-0025-000.jpg 5\n"})
+    manifest = read_source(source)
+    assert manifest.layout == "ddr"
+    table = manifest.table.set_index("image_id")
+    assert table["grade"].to_dict() == {"007-0004-000": 0, "20170323093305605": 2,
+                                        "007-0007-000": 4, "20170417152415441": 1}
+    assert table.loc["007-0007-000", "split"] == "val"
+    assert manifest.n_found == 4
+    # The grade-5 images are counted, not silently lost; their files are not "unlisted".
+    assert manifest.warnings == ["left out as ungradable (DDR grade 5): 1 train, 1 test"]
+
+
+def test_ddr_bad_lines_name_file_and_line(tmp_path):
+    source = _ddr(tmp_path, {"train": "a.jpg 0\nb.jpg\nc.jpg 7\n", "valid": "", "test": ""})
+    with pytest.raises(DrgradeError) as caught:
+        read_source(source / "DR_grading", "ddr")
+    message = str(caught.value)
+    assert "train.txt:2: expected '<image> <grade>'" in message
+    assert "train.txt:3: grade outside 0-4 (value: '7')" in message
+
+
 def test_class_folders_with_and_without_splits(tmp_path):
     for grade, name in [(0, "a"), (3, "b.tif"), (4, "c.jpeg")]:
         _image(tmp_path / "flat" / str(grade) / (name if "." in name else f"{name}.png"))

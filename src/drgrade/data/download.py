@@ -1,8 +1,8 @@
 """Fetch the public DR datasets that can be fetched, checksum-verified; say how to get the rest.
 
 RetinaMNIST is a direct download from Zenodo (MedMNIST v2/v3 record, MD5s as the MedMNIST
-package publishes them). EyePACS, APTOS and IDRiD need an account and accepted terms, so
-`download` explains the steps instead of pretending.
+package publishes them). EyePACS, APTOS, DDR and IDRiD need an account, accepted terms or
+a file host's page, so `download` explains the steps instead of pretending.
 """
 
 from __future__ import annotations
@@ -54,6 +54,12 @@ MANUAL = {
         "the competition rules: `kaggle competitions download -c aptos2019-blindness-detection "
         "-p {out}/aptos`, unzip it there, then `drgrade prepare {out}/aptos --format aptos "
         "--out {out}/aptos-512 --size 512`."
+    ),
+    "ddr": (
+        "DDR (13,673 photographs from 147 hospitals; grades 0-4, and 5 for ungradable) is "
+        "shared through the download links in https://github.com/nkicsl/DDR-dataset. Unpack "
+        "it into {out}/DDR-dataset, then `drgrade prepare {out}/DDR-dataset --format ddr "
+        "--out {out}/ddr-512 --size 512` (the grade-5 photographs are left out and counted)."
     ),
     "idrid": (
         "IDRiD needs a (free) IEEE DataPort login: download 'B. Disease Grading' from "

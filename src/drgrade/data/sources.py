@@ -74,18 +74,25 @@ def index_images(folder: Path) -> dict[str, Path]:
 
 
 def _attach_images(
-    rows: list[dict], places: list[tuple[str, int]], labels_name: str, image_dir: Path,
-    layout: str, source: Path, problems: list[Problem],
+    rows: list[dict], places: list[tuple[str, int]], labels_name: str,
+    image_dir: Path | list[Path], layout: str, source: Path, problems: list[Problem],
+    left_out: set[str] = frozenset(),
 ) -> Manifest:
     """Finish a label-file reader: check rows, find each listed image, note the unlisted.
 
     `places` holds the (file, line) each row came from, so every problem names its row.
+    `image_dir` may be several folders (one per split); `left_out` are listed images the
+    reader excluded on purpose (and reports itself), so they do not count as unlisted.
     """
     table = make_table(rows)
     problems = problems + duplicate_problems(table, places)
     if problems:
         raise problems_error(f"{labels_name}: invalid label rows", problems)
-    found = index_images(image_dir)
+    folders = image_dir if isinstance(image_dir, list) else [image_dir]
+    found = {}
+    for folder in folders:
+        found |= index_images(folder)
+    image_dir = " or ".join(map(str, folders))
     table["path"] = [str(found[i]) if i in found else "" for i in table["image_id"]]
     missing = [
         Problem(file, line, image_id, f"image not found in {image_dir}")
@@ -94,7 +101,7 @@ def _attach_images(
         if not path
     ]
     manifest = Manifest(table, layout, source, missing)
-    unlisted = len(set(found) - set(table["image_id"]))
+    unlisted = len(set(found) - set(table["image_id"]) - left_out)
     if unlisted:
         manifest.warnings.append(
             f"{unlisted} image(s) in {image_dir} are not in {labels_name} and are ignored"
@@ -261,6 +268,57 @@ def _find_idrid_csv(folder: Path) -> Path | None:
     return None
 
 
+DDR_SPLITS = {"train": "train", "valid": "val", "test": "test"}  # DDR's name -> ours
+DDR_UNGRADABLE = "5"  # DDR's label for photographs too poor to grade: not a DR grade
+
+
+def read_ddr(source: Path, labels: Path | None, images: Path | None) -> Manifest:
+    """DDR (DR_grading): {train,valid,test}.txt, '<image> <grade>' a line, + {train,valid,test}/.
+
+    Grade 5 (ungradable) is left out, and counted in a warning.
+    """
+    root = _ddr_root(source)
+    label_dir = labels or root
+    rows, places, problems, ungradable = [], [], [], {}  # ungradable: split -> image ids
+    for theirs, split in DDR_SPLITS.items():
+        path = label_dir / f"{theirs}.txt"
+        if not path.is_file():
+            raise DrgradeError(f"{path}: label file not found (DDR ships train.txt, "
+                               "valid.txt and test.txt)")
+        for line, text in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
+            fields = text.split()
+            if not fields:
+                continue
+            if len(fields) != 2:
+                problems.append(Problem(str(path), line, text.strip(),
+                                        "expected '<image> <grade>'"))
+                continue
+            if fields[1] == DDR_UNGRADABLE:
+                ungradable.setdefault(split, set()).add(Path(fields[0]).stem)
+                continue
+            grade = parse_grade(fields[1], str(path), line)
+            if isinstance(grade, Problem):
+                problems.append(grade)
+                continue
+            image_id = Path(fields[0]).stem
+            rows.append({"image_id": image_id, "grade": grade, "split": split,
+                         "patient": image_id})  # DDR publishes no patient ids
+            places.append((str(path), line))
+    image_dirs = [images] if images else [root / theirs for theirs in DDR_SPLITS]
+    manifest = _attach_images(rows, places, "DDR's train/valid/test.txt", image_dirs, "ddr",
+                              source, problems, set().union(*ungradable.values()))
+    if ungradable:
+        manifest.warnings.append(
+            "left out as ungradable (DDR grade 5): "
+            + ", ".join(f"{len(ids)} {split}" for split, ids in ungradable.items()))
+    return manifest
+
+
+def _ddr_root(source: Path) -> Path:
+    """DDR's DR_grading folder, given it or the DDR-dataset folder above it."""
+    return source / "DR_grading" if (source / "DR_grading").is_dir() else source
+
+
 def read_class_folders(source: Path, labels: Path | None, images: Path | None) -> Manifest:
     """ROOT/<grade>/*.jpg, or ROOT/<train|val|test>/<grade>/*.jpg for a given split."""
     split_dirs = [source / s for s in SPLITS if (source / s).is_dir()]
@@ -339,6 +397,7 @@ READERS: dict[str, Callable[[Path, Path | None, Path | None], Manifest]] = {
     "eyepacs": read_eyepacs,
     "aptos": read_aptos,
     "idrid": read_idrid,
+    "ddr": read_ddr,
     "folders": read_class_folders,
     "medmnist": read_medmnist,
     "prepared": read_prepared,
@@ -354,6 +413,8 @@ LAYOUT_SIGNS: dict[str, Callable[[Path, Path | None], bool]] = {
     "eyepacs": lambda s, lab: (s / "trainLabels.csv").is_file(),
     "aptos": lambda s, lab: (s / "train.csv").is_file() and (s / "train_images").is_dir(),
     "idrid": lambda s, lab: _find_idrid_csv(lab.parent if lab else s) is not None,
+    "ddr": lambda s, lab: all(((lab or _ddr_root(s)) / f"{name}.txt").is_file()
+                              for name in DDR_SPLITS),
     "folders": lambda s, lab: _has_grade_folders(s)
     or any(_has_grade_folders(s / split) for split in SPLITS),
     "medmnist": lambda s, lab: s.suffix == ".npz",
