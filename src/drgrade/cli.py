@@ -18,8 +18,8 @@ def _add_source_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", type=Path, help="dataset folder, npz file or prepared folder")
     parser.add_argument(
         "--format", default="auto",
-        help="layout: lab, eyepacs, aptos, idrid, ddr, folders, medmnist, prepared, or auto "
-             "(detected when unambiguous)",
+        help="layout: lab, eyepacs, aptos, idrid, ddr, messidor2, folders, medmnist, "
+             "prepared, or auto (detected when unambiguous)",
     )
     parser.add_argument("--labels", type=Path, help="label CSV (or folder) if not in SOURCE")
     parser.add_argument("--images", type=Path, help="image folder if not where the layout says")
@@ -191,11 +191,11 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.set_defaults(run=cmd_inspect)
 
     download = command(
-        "download", help="fetch RetinaMNIST (MD5-checked), or how to get EyePACS/APTOS/DDR/IDRiD",
+        "download", help="fetch RetinaMNIST (MD5-checked), or how to get the others",
         description="Download a public DR dataset into --out and verify its published MD5 "
-                    "(a file already there is verified, not overwritten). EyePACS, APTOS, DDR "
-                    "and IDRiD need an account or a manual download: for those it prints the "
-                    "steps.",
+                    "(a file already there is verified, not overwritten). EyePACS, APTOS, DDR, "
+                    "Messidor-2 and IDRiD need an account or a manual download: for those it "
+                    "prints the steps.",
     )
     download.add_argument("dataset", choices=DATASETS)
     download.add_argument("--out", type=Path, default=Path("data"), help="folder to put it in")

@@ -133,6 +133,25 @@ def test_ddr_bad_lines_name_file_and_line(tmp_path):
     assert "train.txt:3: grade outside 0-4 (value: '7')" in message
 
 
+def test_messidor2_adjudicated_grades(tmp_path):
+    (tmp_path / "messidor_data.csv").write_text(
+        "image_id,adjudicated_dr_grade,adjudicated_dme,adjudicated_gradable\n"
+        "20051020_43808_0100_PP.png,0,0,1\n"
+        "IM002385.jpg,3,1,1\n"
+        "IM004176.jpg,,,0\n")
+    _image(tmp_path / "IMAGES/20051020_43808_0100_PP.png")
+    _image(tmp_path / "IMAGES/IM002385.JPG")  # the file's extension is upper case
+    _image(tmp_path / "IMAGES/IM004176.JPG")
+    manifest = read_source(tmp_path)
+    assert manifest.layout == "messidor2"
+    table = manifest.table.set_index("image_id")
+    assert table["grade"].to_dict() == {"20051020_43808_0100_PP": 0, "IM002385": 3}
+    assert table.loc["IM002385", "macular_edema"] == "1"
+    assert manifest.n_found == 2
+    assert manifest.warnings[0] == "left out as ungradable (adjudicated_gradable 0): 1"
+    assert "names no patients" in manifest.warnings[1] and len(manifest.warnings) == 2
+
+
 def test_class_folders_with_and_without_splits(tmp_path):
     for grade, name in [(0, "a"), (3, "b.tif"), (4, "c.jpeg")]:
         _image(tmp_path / "flat" / str(grade) / (name if "." in name else f"{name}.png"))

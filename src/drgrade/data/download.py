@@ -1,8 +1,8 @@
 """Fetch the public DR datasets that can be fetched, checksum-verified; say how to get the rest.
 
 RetinaMNIST is a direct download from Zenodo (MedMNIST v2/v3 record, MD5s as the MedMNIST
-package publishes them). EyePACS, APTOS, DDR and IDRiD need an account, accepted terms or
-a file host's page, so `download` explains the steps instead of pretending.
+package publishes them). EyePACS, APTOS, DDR, Messidor-2 and IDRiD need an account,
+accepted terms or a file host's page, so `download` explains the steps instead of pretending.
 """
 
 from __future__ import annotations
@@ -60,6 +60,14 @@ MANUAL = {
         "shared through the download links in https://github.com/nkicsl/DDR-dataset. Unpack "
         "it into {out}/DDR-dataset, then `drgrade prepare {out}/DDR-dataset --format ddr "
         "--out {out}/ddr-512 --size 512` (the grade-5 photographs are left out and counted)."
+    ),
+    "messidor2": (
+        "Messidor-2 (1,748 photographs) comes in two parts: the images from ADCIS after "
+        "accepting its licence (https://www.adcis.net/en/third-party/messidor2/), unpacked "
+        "into {out}/messidor2/IMAGES, and the adjudicated grades (Krause et al. 2018) as "
+        "messidor_data.csv from `kaggle datasets download -d google-brain/messidor2-dr-grades "
+        "-p {out}/messidor2`; then `drgrade prepare {out}/messidor2 --format messidor2 --out "
+        "{out}/messidor2-512 --size 512`."
     ),
     "idrid": (
         "IDRiD needs a (free) IEEE DataPort login: download 'B. Disease Grading' from "

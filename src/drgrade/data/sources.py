@@ -268,6 +268,38 @@ def _find_idrid_csv(folder: Path) -> Path | None:
     return None
 
 
+MESSIDOR2_COLUMNS = {
+    "image_id": "image_id",
+    "grade": "adjudicated_dr_grade",
+    "gradable": "adjudicated_gradable",
+    "macular_edema": "adjudicated_dme",
+}
+
+
+def read_messidor2(source: Path, labels: Path | None, images: Path | None) -> Manifest:
+    """Messidor-2 with the adjudicated grades (Krause et al. 2018, Kaggle's messidor_data.csv).
+
+    Images the adjudicators found ungradable (adjudicated_gradable 0) are left out, counted.
+    """
+    labels_file = labels or source / "messidor_data.csv"
+    raw, places = _read_csv_rows(labels_file, MESSIDOR2_COLUMNS)
+    ungradable = {Path(r["image_id"]).stem for r in raw if r["gradable"] == "0"}
+    kept = [(r, place) for r, place in zip(raw, places, strict=True) if r["gradable"] != "0"]
+    # Names carry extensions that differ in case from the files (.jpg vs .JPG): match stems.
+    raw = [{"image_id": Path(r["image_id"]).stem, "grade": r["grade"],
+            "macular_edema": r["macular_edema"]} for r, _ in kept]
+    rows, places, problems = _graded_rows(raw, [p for _, p in kept], _own_patient)
+    image_dir = images or (source / "IMAGES" if (source / "IMAGES").is_dir() else source)
+    manifest = _attach_images(rows, places, labels_file.name, image_dir, "messidor2", source,
+                              problems, ungradable)
+    if ungradable:
+        manifest.warnings.append(f"left out as ungradable (adjudicated_gradable 0): "
+                                 f"{len(ungradable)}")
+    manifest.warnings.append("Messidor-2's label file names no patients: the two eyes of an "
+                             "examination may fall in different splits")
+    return manifest
+
+
 DDR_SPLITS = {"train": "train", "valid": "val", "test": "test"}  # DDR's name -> ours
 DDR_UNGRADABLE = "5"  # DDR's label for photographs too poor to grade: not a DR grade
 
@@ -398,6 +430,7 @@ READERS: dict[str, Callable[[Path, Path | None, Path | None], Manifest]] = {
     "aptos": read_aptos,
     "idrid": read_idrid,
     "ddr": read_ddr,
+    "messidor2": read_messidor2,
     "folders": read_class_folders,
     "medmnist": read_medmnist,
     "prepared": read_prepared,
@@ -413,6 +446,7 @@ LAYOUT_SIGNS: dict[str, Callable[[Path, Path | None], bool]] = {
     "eyepacs": lambda s, lab: (s / "trainLabels.csv").is_file(),
     "aptos": lambda s, lab: (s / "train.csv").is_file() and (s / "train_images").is_dir(),
     "idrid": lambda s, lab: _find_idrid_csv(lab.parent if lab else s) is not None,
+    "messidor2": lambda s, lab: (s / "messidor_data.csv").is_file(),
     "ddr": lambda s, lab: all(((lab or _ddr_root(s)) / f"{name}.txt").is_file()
                               for name in DDR_SPLITS),
     "folders": lambda s, lab: _has_grade_folders(s)
