@@ -1,5 +1,7 @@
 """Configs: YAML + flags, every bad value named by its key."""
 
+from pathlib import Path
+
 import pytest
 
 from drgrade.cli import build_parser
@@ -52,8 +54,13 @@ def test_bad_yaml_values_name_the_key(tmp_path, data, text, message):
 def test_missing_data_and_config(tmp_path):
     with pytest.raises(DrgradeError, match="data: no training data given"):
         load_config(None, {})
-    with pytest.raises(DrgradeError, match="does not exist"):
+    with pytest.raises(DrgradeError, match="nowhere does not exist$"):
         load_config(None, {"data": str(tmp_path / "nowhere")})
+    # The shipped RetinaMNIST config before the download: say how to get the file.
+    with pytest.raises(DrgradeError, match="does not exist; get it with `drgrade download "
+                                           "retinamnist --out DIR`"):
+        load_config(Path(__file__).parents[1] / "configs" / "retinamnist.yaml",
+                    {"data": str(tmp_path / "data" / "retinamnist.npz")})
     with pytest.raises(DrgradeError, match="config file not found"):
         load_config(tmp_path / "none.yaml")
 

@@ -93,7 +93,9 @@ class TrainConfig:
         if not self.data:
             raise DrgradeError("data: no training data given (--data or `data:` in the config)")
         if not Path(self.data).exists():
-            raise DrgradeError(f"data: {self.data} does not exist")
+            hint = ("; get it with `drgrade download retinamnist --out DIR`"
+                    if Path(self.data).name.startswith("retinamnist") else "")
+            raise DrgradeError(f"data: {self.data} does not exist{hint}")
         return self
 
     def to_dict(self) -> dict:
