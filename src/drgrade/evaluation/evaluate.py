@@ -91,5 +91,11 @@ def write_figures(folder: Path, split: str, metrics: dict, grades: np.ndarray,
     plot_confusion(matrix, folder / f"confusion_{split}_normalized.png", normalize=True,
                    title=f"{split}: confusion matrix (row-normalised)")
     if metrics["referable_auc"] is not None:
+        screening = metrics["screening_point"]
+        points = {"model's grade": (metrics["referable_sensitivity"],
+                                    metrics["referable_specificity"]),
+                  f"sensitivity >= {screening['target_sensitivity']:.2f}":
+                  (screening["sensitivity"], screening["specificity"])}
         plot_referable_roc(grades, referable_score, folder / f"roc_referable_{split}.png",
-                           title=f"{split}: referable DR ROC (AUC {metrics['referable_auc']:.3f})")
+                           title=f"{split}: referable DR ROC (AUC {metrics['referable_auc']:.3f})",
+                           points=points)

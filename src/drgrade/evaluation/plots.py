@@ -60,11 +60,20 @@ def plot_confusion(matrix: np.ndarray, path: Path, normalize: bool, title: str =
     return _save(figure, path)
 
 
-def plot_referable_roc(grades: np.ndarray, score: np.ndarray, path: Path, title: str = "") -> Path:
-    """ROC of referable DR (grade >= 2) against the model's referable score."""
+def plot_referable_roc(grades: np.ndarray, score: np.ndarray, path: Path, title: str = "",
+                       points: dict[str, tuple[float, float]] | None = None) -> Path:
+    """ROC of referable DR (grade >= 2) against the model's referable score.
+
+    `points` marks operating points: label -> (sensitivity, specificity).
+    """
     figure, axis = plt.subplots(figsize=(5, 5))
     RocCurveDisplay.from_predictions(np.asarray(grades) >= REFERABLE_GRADE, score, ax=axis,
                                      name="referable DR", plot_chance_level=True)
+    for (label, (sensitivity, specificity)), marker in zip((points or {}).items(), "os",
+                                                           strict=False):
+        axis.plot(1 - specificity, sensitivity, marker, markersize=8, fillstyle="none",
+                  label=f"{label}: sens. {sensitivity:.2f}, spec. {specificity:.2f}")
+    axis.legend(loc="lower right")
     # Screening reads sensitivity and specificity, not sklearn's TPR/FPR wording.
     axis.set(title=title or "referable DR (grade >= 2) ROC",
              xlabel="1 - specificity (false positive rate)",
