@@ -3,7 +3,8 @@
     RUN/config.yaml        resolved config (every option, defaults included)
     RUN/environment.json   versions, device, data fingerprint, command line
     RUN/log.csv            one row per epoch: losses, accuracy, kappa, learning rate
-    RUN/checkpoints/       best.ckpt (best validation kappa) and last.ckpt (for --resume)
+    RUN/checkpoints/       best.ckpt (best validation kappa, weights only) and last.ckpt
+                           (the full training state, for --resume)
 """
 
 from __future__ import annotations
