@@ -16,6 +16,7 @@ from drgrade.evaluation.report import (
     curve_data,
     lab_table,
     resolution_table,
+    run_metrics_table,
     write_report,
 )
 
@@ -102,6 +103,14 @@ def test_report_numbers_come_from_the_runs(grid_run):
     aucs = [metrics[f"resnet18-scratch-32px-seed{s}"]["referable_auc"] for s in (0, 1)]
     assert resolution.loc[("resnet18", "scratch"), ("referable_auc", 32)] == \
         pytest.approx(sum(aucs) / 2)
+
+    # Every run: per-grade recall and referable sensitivity from its metrics.json.
+    per_run = run_metrics_table(runs)
+    one = metrics["resnet18-scratch-28px-seed1"]
+    assert per_run.loc["resnet18-scratch-28px-seed1", "recall 4 proliferative"] == \
+        pytest.approx(one["per_class"]["4 proliferative"]["recall"])
+    assert per_run.loc["resnet18-scratch-28px-seed1", "referable sensitivity"] == \
+        pytest.approx(one["referable_sensitivity"])
 
     # Curves: per epoch, the seed mean of the logged train and test accuracy.
     curves = curve_data(runs, "resnet18", 28)

@@ -26,6 +26,9 @@ REPORT_HTML = "report.html"
 FIGURES = "report_figures"
 METRICS = {"accuracy": "test accuracy", "quadratic_weighted_kappa": "test kappa",
            "referable_auc": "referable AUC"}
+# Beside the headline metrics in the per-run table: what accuracy hides.
+DETAIL_METRICS = {"macro_f1": "macro F1", "referable_sensitivity": "referable sensitivity",
+                  "referable_specificity": "referable specificity"}
 
 
 def _init(pretrained: bool) -> str:
@@ -68,7 +71,10 @@ def _run_row(run: Path) -> dict:
         row["chosen_epoch"] = int(log.loc[log["val_kappa"].idxmax(), "epoch"]) + 1
     if (run / METRICS_FILE).is_file():
         metrics = json.loads((run / METRICS_FILE).read_text())
-        row |= {key: metrics[key] for key in (*METRICS, "majority_accuracy", "n_images")}
+        row |= {key: metrics[key] for key in (*METRICS, *DETAIL_METRICS, "majority_accuracy",
+                                              "n_images")}
+        row |= {f"recall {grade}": values["recall"]
+                for grade, values in metrics["per_class"].items()}
     return row
 
 
@@ -94,6 +100,14 @@ def lab_table(runs: pd.DataFrame, image_size: int) -> pd.DataFrame:
     frame = pd.DataFrame(table).T
     columns = [c for c in ("pretrained", "scratch") if c in frame.columns]
     return frame[columns].fillna("not run").rename_axis("architecture")
+
+
+def run_metrics_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per finished run: headline metrics, per-grade recall, referable sens./spec."""
+    done = runs[runs["state"] == "done"].set_index("name")
+    recalls = [c for c in done.columns if c.startswith("recall ")]
+    columns = {**METRICS, **DETAIL_METRICS} | {c: c for c in recalls}
+    return done[list(columns)].rename(columns=columns).astype(float).rename_axis("run")
 
 
 def resolution_table(runs: pd.DataFrame) -> pd.DataFrame:
@@ -146,6 +160,10 @@ def write_report(runs_dir: Path | str) -> tuple[Path, Path]:
         ]
         for size in sizes:
             lines += [f"### {size} px", "", _md_table(lab_table(runs, size)), ""]
+        lines += ["### Every run", "",
+                  "Per-grade recall and referable-DR sensitivity/specificity at the model's "
+                  "grade: where accuracy hides the rare grades.", "",
+                  _md_table(run_metrics_table(runs).round(3)), ""]
         lines += _curves_section(runs, done, sizes, figures)
         if len(sizes) > 1:
             lines += _resolution_section(runs, figures)
