@@ -133,7 +133,7 @@ def curve_data(runs: pd.DataFrame, arch: str, image_size: int) -> pd.DataFrame:
 
 
 def _md_table(frame: pd.DataFrame) -> str:
-    return frame.to_markdown()
+    return frame.to_markdown(floatfmt=".3f")
 
 
 def write_report(runs_dir: Path | str) -> tuple[Path, Path]:
@@ -163,7 +163,7 @@ def write_report(runs_dir: Path | str) -> tuple[Path, Path]:
         lines += ["### Every run", "",
                   "Per-grade recall and referable-DR sensitivity/specificity at the model's "
                   "grade: where accuracy hides the rare grades.", "",
-                  _md_table(run_metrics_table(runs).round(3)), ""]
+                  _md_table(run_metrics_table(runs)), ""]
         lines += _curves_section(runs, done, sizes, figures)
         if len(sizes) > 1:
             lines += _resolution_section(runs, figures)
@@ -209,7 +209,7 @@ def _resolution_section(runs, figures: Path) -> list[str]:
     shown.index = [f"{arch} ({init})" for arch, init in shown.index]
     shown.columns = [f"{METRICS[metric]} @ {size} px" for metric, size in shown.columns]
     return ["## Resolution", "", "Mean over seeds, test split.", "",
-            _md_table(shown.round(4)), "",
+            _md_table(shown), "",
             f"![resolution comparison]({path.relative_to(figures.parent)})", ""]
 
 
