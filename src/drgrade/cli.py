@@ -182,14 +182,6 @@ def build_parser() -> argparse.ArgumentParser:
     # Every option's help line shows its default.
     command = partial(commands.add_parser, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
 
-    inspect = command(
-        "inspect", help="summarise a dataset: layout, splits, grades, baselines, problems",
-        description="Summarise a dataset before training: layout detected, images per split "
-                    "and grade, majority-class accuracy, patient overlap, problems found.",
-    )
-    _add_source_options(inspect)
-    inspect.set_defaults(run=cmd_inspect)
-
     download = command(
         "download", help="fetch RetinaMNIST (MD5-checked), or how to get the others",
         description="Download a public DR dataset into --out and verify its published MD5 "
@@ -202,6 +194,14 @@ def build_parser() -> argparse.ArgumentParser:
     download.add_argument("--size", type=int, default=28, choices=sorted(RETINAMNIST),
                           help="RetinaMNIST image size (MedMNIST+ publishes 28, 64, 128, 224)")
     download.set_defaults(run=cmd_download)
+
+    inspect = command(
+        "inspect", help="summarise a dataset: layout, splits, grades, baselines, problems",
+        description="Summarise a dataset before training: layout detected, images per split "
+                    "and grade, majority-class accuracy, patient overlap, problems found.",
+    )
+    _add_source_options(inspect)
+    inspect.set_defaults(run=cmd_inspect)
 
     prepare = command(
         "prepare", help="crop the fundus, resize and cache a dataset (resumable)",
