@@ -57,22 +57,11 @@ PUBLISHED = "MedMNIST v2 ResNet-18 (28): ACC 0.524, AUC 0.717; best published AC
 
 def train_with_selections(config) -> None:
     """train(config), also keeping the best val accuracy and val loss checkpoints."""
-    original = fit.make_trainer
-
-    def make_trainer(config, run, progress=True):
-        trainer = original(config, run, progress)
-        for file, monitor, mode in SELECTIONS.values():
-            if monitor:
-                trainer.callbacks.append(ModelCheckpoint(
-                    dirpath=run / CHECKPOINT_DIR, filename=Path(file).stem, monitor=monitor,
-                    mode=mode, enable_version_counter=False))
-        return trainer
-
-    fit.make_trainer = make_trainer
-    try:
-        fit.train(config, progress=False)
-    finally:
-        fit.make_trainer = original
+    folder = Path(config.out) / CHECKPOINT_DIR
+    fit.train(config, progress=False, extra_callbacks=[
+        ModelCheckpoint(dirpath=folder, filename=Path(file).stem, monitor=monitor, mode=mode,
+                        enable_version_counter=False)
+        for file, monitor, mode in SELECTIONS.values() if monitor])
 
 
 def one_vs_rest_auc(outputs: np.ndarray, grades: np.ndarray) -> float:

@@ -15,9 +15,6 @@ epoch). The loops, interleaved, each run --repeat times:
   plain+dgdata the plain loop over drgrade's own train DataLoader (separates the cost of
                drgrade's data pipeline from that of its training loop)
   plain-nchw   the plain loop without channels_last (what channels_last is worth)
-  drgrade-cpuseed (on request) train() with the per-image augmentation seed set by
-               torch.default_generator.manual_seed instead of torch.manual_seed: same draws,
-               without torch.manual_seed's per-call cost (a proposed fix in dataset.py)
 
 Rates are images per second over batches --warmup+1 .. --warmup+--batches of one epoch
 (steady state: start-up, worker spawn and the first batches are excluded; each batch is
@@ -48,7 +45,6 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
-import drgrade.data.dataset as dataset_module
 import drgrade.fit as fit
 from drgrade.config import load_config
 from drgrade.data.datamodule import GradingDataModule
@@ -59,7 +55,7 @@ from drgrade.data.synthetic import write_synthetic_dataset
 
 LR, WEIGHT_DECAY = 1e-3, 0.05
 MEAN, STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)  # drgrade's "lab" scaling when not pretrained
-LOOPS = ("drgrade", "plain", "plain+dgdata", "plain-nchw", "drgrade-cpuseed")
+LOOPS = ("drgrade", "plain", "plain+dgdata", "plain-nchw")
 
 
 # ----------------------------------------------------------------------------- data
@@ -136,39 +132,11 @@ def config_for(data: Path, out: Path, size: int, args) -> object:
     })
 
 
-class CpuSeedTorch:
-    """`torch` for drgrade.data.dataset whose manual_seed seeds only the CPU generator.
-
-    torch.manual_seed also queues CUDA, XPU and MTIA reseeds when those are not initialised,
-    formatting a stack trace for each; the CPU generator, which the transforms draw from, gets
-    the same seed either way (identical augmentation).
-    """
-
-    def __getattr__(self, name: str):
-        return getattr(torch, name)
-
-    @staticmethod
-    def manual_seed(seed: int):
-        return torch.default_generator.manual_seed(seed)
-
-
-def run_drgrade(config, cpu_seed: bool = False) -> list[tuple[float, float]]:
+def run_drgrade(config) -> list[tuple[float, float]]:
     stamps: list[tuple[float, float]] = []
-    original = fit.make_trainer
-    if cpu_seed:
-        dataset_module.torch = CpuSeedTorch()
-
-    def make_trainer(*a, **k):
-        trainer = original(*a, **k)
-        trainer.callbacks.append(BatchClock(stamps))
-        return trainer
-
-    fit.make_trainer = make_trainer
     try:
-        fit.train(config, progress=False)
+        fit.train(config, progress=False, extra_callbacks=[BatchClock(stamps)])
     finally:
-        fit.make_trainer = original
-        dataset_module.torch = torch
         shutil.rmtree(config.out, ignore_errors=True)
     return stamps
 
@@ -224,7 +192,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=0, help="DataLoader workers (all loops)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch intra-op threads, all loops (0: torch's default)")
-    parser.add_argument("--loops", nargs="+", choices=LOOPS, default=list(LOOPS[:4]))
+    parser.add_argument("--loops", nargs="+", choices=LOOPS, default=list(LOOPS))
     parser.add_argument("--scratch", type=Path, default=Path("/tmp/drgrade-train-speed"))
     args = parser.parse_args()
     if args.threads:
@@ -249,7 +217,7 @@ def main() -> None:
             for loop in args.loops:
                 load = os.getloadavg()[0]
                 if loop.startswith("drgrade"):
-                    stamps = run_drgrade(config, cpu_seed=loop == "drgrade-cpuseed")
+                    stamps = run_drgrade(config)
                 elif loop in ("plain", "plain-nchw"):
                     stamps = run_plain(config, plain_loader(config), loop == "plain")
                 else:

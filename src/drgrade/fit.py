@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import lightning as L
@@ -67,7 +68,8 @@ def class_weights(counts: np.ndarray) -> list[float]:
     return (weights * present.sum() / weights.sum()).tolist()
 
 
-def make_trainer(config: TrainConfig, run: Path, progress: bool = True) -> L.Trainer:
+def make_trainer(config: TrainConfig, run: Path, progress: bool = True,
+                 extra_callbacks: Sequence[Callback] = ()) -> L.Trainer:
     """A Lightning Trainer writing checkpoints and the epoch log into `run`."""
     folder = run / CHECKPOINT_DIR
     # best.ckpt is for evaluating and using the model: weights and metadata, no optimiser
@@ -79,7 +81,7 @@ def make_trainer(config: TrainConfig, run: Path, progress: bool = True) -> L.Tra
     # so the latest state gets a checkpointer of its own, overwritten every epoch.
     latest = ModelCheckpoint(dirpath=folder, filename=Path(LAST_CHECKPOINT).stem,
                              monitor=None, save_top_k=1, enable_version_counter=False)
-    callbacks: list[Callback] = [best, latest, EpochLog(run / LOG_FILE)]
+    callbacks: list[Callback] = [best, latest, EpochLog(run / LOG_FILE), *extra_callbacks]
     if progress:
         callbacks.append(TQDMProgressBar())
     return L.Trainer(
@@ -91,8 +93,12 @@ def make_trainer(config: TrainConfig, run: Path, progress: bool = True) -> L.Tra
     )
 
 
-def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> Path:
-    """Train `config` into its run folder (continuing from last.ckpt if `resume`)."""
+def train(config: TrainConfig, resume: bool = False, progress: bool = True,
+          extra_callbacks: Sequence[Callback] = ()) -> Path:
+    """Train `config` into its run folder (continuing from last.ckpt if `resume`).
+
+    `extra_callbacks` join drgrade's own (benchmarks add timers and more checkpointers).
+    """
     run = Path(config.out)
     last = last_checkpoint(run)
     if resume and not last.is_file():
@@ -105,7 +111,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> P
     weights = class_weights(data.class_counts()) if config.class_weights else None
     module = GradingModule(config.to_dict(), data.preprocessing(), weights)
     write_run_files(run, config.to_dict(), data.manifest.fingerprint())
-    trainer = make_trainer(config, run, progress)
+    trainer = make_trainer(config, run, progress, extra_callbacks)
     trainer.fit(module, datamodule=data, ckpt_path=last if resume else None)
     if trainer.is_global_zero:
         plot_curves(pd.read_csv(run / LOG_FILE), run / "figures" / "curves.png",
