@@ -85,8 +85,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Score a run's best checkpoint (or a checkpoint) on one split."""
-    from drgrade.evaluation.evaluate import METRICS_FILE, evaluate, resolve_checkpoint
+    from drgrade.evaluation.evaluate import evaluate
     from drgrade.evaluation.metrics import metrics_table
+    from drgrade.run_folder import METRICS_FILE, resolve_checkpoint
 
     out = args.out or resolve_checkpoint(args.checkpoint).parent.parent
     metrics = evaluate(args.checkpoint, args.data, args.split, args.tta, out)

@@ -10,8 +10,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pandas as pd
-
 from drgrade.config import load_config
 from drgrade.data.manifest import assign_splits
 from drgrade.data.prepare import prepare_dataset
@@ -19,7 +17,13 @@ from drgrade.data.sources import read_source
 from drgrade.data.synthetic import write_synthetic_dataset
 from drgrade.evaluation.evaluate import evaluate
 from drgrade.fit import train
-from drgrade.run_folder import best_checkpoint, last_checkpoint, read_run_config
+from drgrade.run_folder import (
+    CONFIG_FILE,
+    best_checkpoint,
+    epochs_logged,
+    last_checkpoint,
+    read_run_config,
+)
 
 # Chosen so ResNet-18 from scratch clearly learns on 2 CPU cores within the time budget.
 DEMO_TRAINING = {
@@ -67,7 +71,5 @@ def run_demo(out: Path, n_images: int = 800, seed: int = 0, epochs: int | None =
 
 def _finished(run: Path, epochs: int) -> bool:
     """True when `run` holds a completed run of `epochs` epochs."""
-    log = run / "log.csv"
-    if not log.is_file() or read_run_config(run)["epochs"] != epochs:
-        return False
-    return len(pd.read_csv(log)) >= epochs
+    return (run / CONFIG_FILE).is_file() and read_run_config(run)["epochs"] == epochs \
+        and epochs_logged(run) >= epochs

@@ -16,7 +16,7 @@ import sys
 from importlib.metadata import version
 from pathlib import Path
 
-import torch
+import pandas as pd
 import yaml
 
 CONFIG_FILE = "config.yaml"
@@ -25,6 +25,8 @@ LOG_FILE = "log.csv"
 CHECKPOINT_DIR = "checkpoints"
 BEST_CHECKPOINT = "best.ckpt"
 LAST_CHECKPOINT = "last.ckpt"
+METRICS_FILE = "metrics.json"  # written by `drgrade evaluate` (the run's test metrics)
+PLAN_FILE = "experiment.yaml"  # an experiment folder's plan: its cells, one run folder each
 
 
 def last_checkpoint(run: Path) -> Path:
@@ -37,6 +39,25 @@ def best_checkpoint(run: Path) -> Path:
     return Path(run) / CHECKPOINT_DIR / BEST_CHECKPOINT
 
 
+def resolve_checkpoint(run_or_checkpoint: Path) -> Path:
+    """A checkpoint file, or a run folder's best checkpoint."""
+    path = Path(run_or_checkpoint)
+    return best_checkpoint(path) if path.is_dir() else path
+
+
+def epochs_logged(run: Path) -> int:
+    """How many epochs the run's log.csv holds (0 before the first)."""
+    log = Path(run) / LOG_FILE
+    return len(pd.read_csv(log)) if log.is_file() else 0
+
+
+def run_state(run: Path, epochs: int) -> str:
+    """'done' (trained and evaluated), 'trained', 'interrupted' or 'new'."""
+    if epochs_logged(run) >= epochs:
+        return "done" if (Path(run) / METRICS_FILE).is_file() else "trained"
+    return "interrupted" if last_checkpoint(run).is_file() else "new"
+
+
 def _program() -> list[str]:
     """argv[0] as typed: `python -m drgrade` would otherwise show as .../__main__.py."""
     if Path(sys.argv[0]).name == "__main__.py":
@@ -46,6 +67,8 @@ def _program() -> list[str]:
 
 def write_run_files(run: Path, config: dict, data_fingerprint: str) -> None:
     """Save the resolved config and the environment into the run folder."""
+    import torch  # here, not at the top: report and serve read run folders without torch
+
     run.mkdir(parents=True, exist_ok=True)
     (run / CONFIG_FILE).write_text(yaml.safe_dump(config, sort_keys=False))
     env = {

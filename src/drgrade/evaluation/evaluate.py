@@ -18,10 +18,8 @@ from drgrade.evaluation.metrics import grading_metrics
 from drgrade.evaluation.plots import plot_confusion, plot_referable_roc
 from drgrade.grades import REFERABLE_GRADE
 from drgrade.inference.grader import TTA_FLIPS
-from drgrade.run_folder import best_checkpoint
+from drgrade.run_folder import METRICS_FILE, resolve_checkpoint
 from drgrade.training import GradingModule, load_module
-
-METRICS_FILE = "metrics.json"
 
 
 @torch.no_grad()
@@ -50,12 +48,6 @@ def decode(module: GradingModule, outputs: np.ndarray) -> tuple[np.ndarray, np.n
     if module.is_regression:
         return module.decode(torch.from_numpy(outputs)).numpy(), outputs
     return outputs.argmax(axis=1), outputs[:, REFERABLE_GRADE:].sum(axis=1)
-
-
-def resolve_checkpoint(run_or_checkpoint: Path) -> Path:
-    """A checkpoint file, or a run folder's best checkpoint."""
-    path = Path(run_or_checkpoint)
-    return best_checkpoint(path) if path.is_dir() else path
 
 
 def evaluate(run_or_checkpoint: Path, data: str | None = None, split: str = "test",

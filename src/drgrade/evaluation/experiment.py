@@ -21,16 +21,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import pandas as pd
 import yaml
 
 from drgrade.config import TrainConfig, load_config
 from drgrade.errors import DrgradeError
-from drgrade.evaluation.evaluate import METRICS_FILE, evaluate
+from drgrade.evaluation.evaluate import evaluate
 from drgrade.fit import train
-from drgrade.run_folder import LOG_FILE, last_checkpoint
+from drgrade.run_folder import PLAN_FILE, run_state
 
-PLAN_FILE = "experiment.yaml"
 EXPERIMENT_KEYS = {"base", "set", "grid"}
 
 
@@ -94,15 +92,6 @@ def load_experiment(path: Path | str, out: Path | str,
     return plan, cells
 
 
-def cell_state(run: Path, epochs: int) -> str:
-    """'done' (trained and evaluated), 'trained', 'interrupted' or 'new'."""
-    log = run / LOG_FILE
-    trained = log.is_file() and len(pd.read_csv(log)) >= epochs
-    if trained:
-        return "done" if (run / METRICS_FILE).is_file() else "trained"
-    return "interrupted" if last_checkpoint(run).is_file() else "new"
-
-
 def run_experiment(path: Path | str, out: Path | str, overrides: dict | None = None,
                    say=print) -> list[Cell]:
     """Train and evaluate every cell not yet done; resume an interrupted one."""
@@ -113,7 +102,7 @@ def run_experiment(path: Path | str, out: Path | str, overrides: dict | None = N
     started = time.monotonic()
     for number, cell in enumerate(cells, start=1):
         run = Path(cell.config.out)
-        state = cell_state(run, cell.config.epochs)
+        state = run_state(run, cell.config.epochs)
         elapsed = time.monotonic() - started
         say(f"[cell {number}/{len(cells)}, {elapsed / 60:.1f} min] {cell.name}: {state}")
         if state in ("new", "interrupted"):

@@ -16,10 +16,15 @@ import pandas as pd
 import yaml
 
 from drgrade.errors import DrgradeError
-from drgrade.evaluation.evaluate import METRICS_FILE
-from drgrade.evaluation.experiment import PLAN_FILE, cell_state
 from drgrade.evaluation.plots import plot_comparison, plot_resolution
-from drgrade.run_folder import CONFIG_FILE, ENVIRONMENT_FILE, LOG_FILE
+from drgrade.run_folder import (
+    CONFIG_FILE,
+    ENVIRONMENT_FILE,
+    LOG_FILE,
+    METRICS_FILE,
+    PLAN_FILE,
+    run_state,
+)
 
 REPORT_MD = "report.md"
 REPORT_HTML = "report.html"
@@ -61,7 +66,7 @@ def _run_row(run: Path) -> dict:
     row |= {key: config[key] for key in ("arch", "pretrained", "image_size", "seed", "head",
                                          "epochs", "track_test")}
     row["init"] = _init(config["pretrained"])
-    row["state"] = cell_state(run, config["epochs"])
+    row["state"] = run_state(run, config["epochs"])
     if (run / ENVIRONMENT_FILE).is_file():
         row["command"] = json.loads((run / ENVIRONMENT_FILE).read_text())["command"]
     if (run / LOG_FILE).is_file():

@@ -16,6 +16,7 @@ from drgrade.data.transforms import eval_transform
 from drgrade.errors import DrgradeError
 from drgrade.grades import GRADE_NAMES, REFERABLE_GRADE
 from drgrade.models import decode_regression
+from drgrade.run_folder import resolve_checkpoint
 from drgrade.training import GradingModule, load_module
 
 # Flip-TTA views: the image and its horizontal, vertical and double flips (NCHW dims).
@@ -156,7 +157,6 @@ class Grader(GraderBase):
     @classmethod
     def from_checkpoint(cls, checkpoint: Path | str, device: str | None = None) -> Grader:
         """A grader from a drgrade checkpoint (or a run folder: its best checkpoint)."""
-        from drgrade.evaluation.evaluate import resolve_checkpoint
 
         return cls(load_module(resolve_checkpoint(Path(checkpoint))), device)
 
