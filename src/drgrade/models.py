@@ -291,6 +291,14 @@ def _initial_weights(
 # ----------------------------------------------------------------------------- cut points
 
 
+def decode_grades(outputs: torch.Tensor, head: str, thresholds: torch.Tensor) -> torch.Tensor:
+    """Grades 0-4 from a head's outputs: the argmax for classification (logits or
+    probabilities alike), the regression scores through the cut points."""
+    if head == "regression":
+        return decode_regression(outputs, thresholds)
+    return outputs.argmax(dim=1)
+
+
 def decode_regression(scores: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
     """Grades 0-4 (int64) from regression scores: grade = number of cut points below the score.
 

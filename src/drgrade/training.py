@@ -16,7 +16,7 @@ from drgrade import __version__
 from drgrade.config import TrainConfig
 from drgrade.errors import DrgradeError
 from drgrade.grades import NUM_GRADES
-from drgrade.models import DEFAULT_THRESHOLDS, build_model, decode_regression, fit_thresholds
+from drgrade.models import DEFAULT_THRESHOLDS, build_model, decode_grades, fit_thresholds
 
 
 class GradingModule(L.LightningModule):
@@ -67,9 +67,7 @@ class GradingModule(L.LightningModule):
 
     def decode(self, outputs: torch.Tensor) -> torch.Tensor:
         """Grades 0-4 from raw outputs."""
-        if self.is_regression:
-            return decode_regression(outputs, self.thresholds)
-        return outputs.argmax(dim=1)
+        return decode_grades(outputs, self.config.head, self.thresholds)
 
     def probabilities(self, outputs: torch.Tensor) -> torch.Tensor:
         """Per-grade probabilities (classification) or the score itself (regression)."""

@@ -17,37 +17,32 @@ from drgrade.errors import DrgradeError
 from drgrade.evaluation.metrics import grading_metrics
 from drgrade.evaluation.plots import plot_confusion, plot_referable_roc
 from drgrade.grades import REFERABLE_GRADE
-from drgrade.inference.grader import TTA_FLIPS
+from drgrade.inference.grader import Grader
 from drgrade.run_folder import METRICS_FILE, resolve_checkpoint
 from drgrade.training import GradingModule, load_module
 
 
-@torch.no_grad()
 def predict_outputs(module: GradingModule, loader: DataLoader, tta: bool = False,
                     progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Per-grade probabilities (or regression scores) and true grades for every image.
 
-    With `tta`, outputs are averaged over the image and its horizontal, vertical and
-    double flips.
+    The network runs as `drgrade predict` runs it (`Grader.outputs`); with `tta`, outputs
+    are averaged over the image and its horizontal, vertical and double flips.
     """
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    module = module.eval().to(device)
-    flips = TTA_FLIPS if tta else TTA_FLIPS[:1]
+    grader = Grader(module)
     outputs, grades = [], []
     for images, batch_grades in tqdm(loader, desc="evaluating", disable=not progress):
-        images = images.to(device)
-        views = [module.probabilities(module(images.flip(dims) if dims else images))
-                 for dims in flips]
-        outputs.append(torch.stack(views).mean(0).cpu())
+        outputs.append(grader.outputs(images.to(grader.device), tta).cpu())
         grades.append(batch_grades)
     return torch.cat(outputs).numpy(), torch.cat(grades).numpy()
 
 
 def decode(module: GradingModule, outputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Predicted grades and the referable score from `predict_outputs`' outputs."""
+    grades = module.decode(torch.from_numpy(outputs)).cpu().numpy()
     if module.is_regression:
-        return module.decode(torch.from_numpy(outputs)).numpy(), outputs
-    return outputs.argmax(axis=1), outputs[:, REFERABLE_GRADE:].sum(axis=1)
+        return grades, outputs
+    return grades, outputs[:, REFERABLE_GRADE:].sum(axis=1)
 
 
 def evaluate(run_or_checkpoint: Path, data: str | None = None, split: str = "test",

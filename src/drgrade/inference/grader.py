@@ -15,7 +15,7 @@ from drgrade.data.fundus import preprocess
 from drgrade.data.transforms import eval_transform
 from drgrade.errors import DrgradeError
 from drgrade.grades import GRADE_NAMES, REFERABLE_GRADE
-from drgrade.models import decode_regression
+from drgrade.models import decode_grades
 from drgrade.run_folder import resolve_checkpoint
 from drgrade.training import GradingModule, load_module
 
@@ -118,9 +118,7 @@ class GraderBase:
 
     def decode(self, outputs: torch.Tensor) -> torch.Tensor:
         """Grades 0-4 from `outputs`: argmax of probabilities, or scores through the cut points."""
-        if self.is_regression:
-            return decode_regression(outputs, self.thresholds)
-        return outputs.argmax(dim=1)
+        return decode_grades(outputs, self.head, self.thresholds)
 
     def predictions(self, names: list[str], outputs: torch.Tensor) -> list[Prediction]:
         """Predictions from `outputs` of the images `names`."""
