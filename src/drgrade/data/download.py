@@ -8,7 +8,7 @@ accepted terms or a file host's page, so `download` explains the steps instead o
 from __future__ import annotations
 
 import hashlib
-import shutil
+import os
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -132,16 +132,13 @@ def fetch(remote: Remote, out: Path, progress: bool = True) -> Path:
         partial.unlink()
         raise DrgradeError(f"{remote.url}: MD5 {digest.hexdigest()} is not the published "
                            f"{remote.md5}; the download was deleted (try again)")
-    shutil.move(partial, target)
+    os.replace(partial, target)
     return target
 
 
 def md5_of(path: Path) -> str:
-    digest = hashlib.md5(usedforsecurity=False)
     with path.open("rb") as file:
-        while chunk := file.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(file, lambda: hashlib.md5(usedforsecurity=False)).hexdigest()
 
 
 def _length(response) -> int | None:

@@ -7,6 +7,7 @@ a raw photograph with the settings in prepare.json, it gives inference the same 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,6 +20,9 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 from drgrade.errors import DrgradeError
 
 ENHANCEMENTS = ("none", "ben-graham")
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"}
+# How a manifest names a MedMNIST image: 'file.npz#split/index'.
+NPZ_REF = re.compile(r"^(?P<file>.+\.npz)#(?P<split>\w+)/(?P<index>\d+)$")
 MIN_SIDE = 32  # smaller photographs carry no gradable detail
 DETECT_SIDE = 400  # the disc is found on a copy about this long: a few px at 512 output
 BLANK_RANGE = 6.0  # grey levels between the 1st and 99th percentile of a uniform image
@@ -141,8 +145,6 @@ def _to_8bit(values: np.ndarray, mode: str) -> np.ndarray:
 
 
 def _npz_image(reference: str) -> Image.Image:
-    from drgrade.data.sources import NPZ_REF  # imported late: workers need not load pandas
-
     match = NPZ_REF.match(reference)
     if not match:
         raise RejectedImage("not an npz image reference (file.npz#split/index)", reference)

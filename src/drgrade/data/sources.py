@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from drgrade.data.fundus import IMAGE_SUFFIXES
 from drgrade.data.manifest import (
     COLUMNS,
     MANIFEST_FILE,
@@ -22,9 +23,7 @@ from drgrade.data.manifest import (
 )
 from drgrade.errors import DrgradeError, Problem, problems_error
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"}
 EYEPACS_NAME = re.compile(r"^(?P<patient>.+)_(?P<eye>left|right)$")
-NPZ_REF = re.compile(r"^(?P<file>.+\.npz)#(?P<split>\w+)/(?P<index>\d+)$")
 
 
 def read_source(

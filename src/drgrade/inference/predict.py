@@ -19,8 +19,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from drgrade.data.fundus import RejectedImage
-from drgrade.data.sources import IMAGE_SUFFIXES
+from drgrade.data.fundus import IMAGE_SUFFIXES, RejectedImage
 from drgrade.errors import DrgradeError
 from drgrade.grades import GRADE_NAMES, NUM_GRADES
 from drgrade.inference.grader import GraderBase, Prediction, Preprocessing
