@@ -44,7 +44,6 @@ LOCK_FILE = ".prepare.lock"
 REJECTED_FILE = "rejected.csv"
 PARTIAL_SUFFIX = ".partial"
 MIN_SIZE = 16
-SETTING_KEYS = ("preprocess_version", "size", "enhance", "image_format", "source")
 FORMATS = {
     # 4:4:4 keeps full colour resolution: small red lesions are what the model looks for.
     "jpg": ("JPEG", {"quality": 95, "subsampling": 0}),
@@ -204,7 +203,7 @@ def _check_folder(out: Path, settings: dict) -> None:
                                "choose another --out") from None
         differences = [
             f"{key} {previous.get(key)!r} (now {settings[key]!r})"
-            for key in SETTING_KEYS if previous.get(key) != settings[key]
+            for key in settings if previous.get(key) != settings[key]
         ]
         if differences:
             raise DrgradeError(
