@@ -101,16 +101,10 @@ class GradingModule(L.LightningModule):
     def validation_step(self, batch, batch_idx, dataloader_idx: int = 0):
         self._step(batch, "val" if dataloader_idx == 0 else "test")
 
-    def test_step(self, batch, batch_idx):
-        self._step(batch, "test")
-
     def on_validation_epoch_end(self) -> None:
         # Validation first: for regression it refits the cut points the other stages use.
         for stage in ("val", "test"):
             self._log_epoch_metrics(stage)
-
-    def on_test_epoch_end(self) -> None:
-        self._log_epoch_metrics("test")
 
     def _log_epoch_metrics(self, stage: str) -> None:
         if not self._outputs[stage]:

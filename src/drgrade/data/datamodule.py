@@ -90,6 +90,3 @@ class GradingDataModule(L.LightningDataModule):
     def val_dataloader(self) -> list[DataLoader]:
         splits = ["val", "test"] if self.config.track_test else ["val"]
         return [self.loader(self.dataset(split)) for split in splits]
-
-    def test_dataloader(self) -> DataLoader:
-        return self.loader(self.dataset("test"))
