@@ -53,14 +53,6 @@ class EpochLog(Callback):
         pd.concat([log, pd.DataFrame([row])]).to_csv(self.path, index=False)
 
 
-def _devices(text: str) -> int | list[int] | str:
-    if text.isdigit():
-        return int(text)
-    if "," in text:
-        return [int(d) for d in text.split(",") if d.strip()]
-    return text
-
-
 def class_weights(counts: np.ndarray) -> list[float]:
     """Inverse-frequency weights, mean 1 over the grades present."""
     present = counts > 0
@@ -86,7 +78,7 @@ def make_trainer(config: TrainConfig, run: Path, progress: bool = True,
         callbacks.append(TQDMProgressBar())
     return L.Trainer(
         default_root_dir=run, max_epochs=config.epochs, accelerator=config.accelerator,
-        devices=_devices(config.devices), num_nodes=config.num_nodes, strategy=config.strategy,
+        devices=config.devices, num_nodes=config.num_nodes, strategy=config.strategy,
         precision=config.precision, deterministic=config.deterministic, logger=False,
         callbacks=callbacks, num_sanity_val_steps=0, enable_progress_bar=progress,
         enable_model_summary=False, limit_train_batches=config.max_train_batches or 1.0,
