@@ -7,12 +7,14 @@ a raw photograph with the settings in prepare.json, it gives inference the same 
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
@@ -59,22 +61,36 @@ class Fundus:
 # --- loading ------------------------------------------------------------------------------
 
 
+def source_name(source: str | Path | BinaryIO) -> str:
+    """How messages name a photograph: its path, or 'upload' for an in-memory file."""
+    return str(source) if isinstance(source, str | Path) else "upload"
+
+
+def _is_empty(file: str | Path | BinaryIO) -> bool:
+    if isinstance(file, str | Path):
+        return Path(file).stat().st_size == 0
+    size = file.seek(0, os.SEEK_END)
+    file.seek(0)
+    return size == 0
+
+
 def is_npz_reference(source: str | Path) -> bool:
     """Whether `source` is a manifest reference 'file.npz#split/index' (MedMNIST)."""
     return ".npz#" in str(source)
 
 
-def load_photograph(path: str | Path, size: int) -> Image.Image:
+def load_photograph(path: str | Path | BinaryIO, size: int) -> Image.Image:
     """An RGB image of a photograph file (or npz reference), decoded no smaller than needed.
 
-    JPEGs are decoded at 1/2, 1/4 or 1/8 scale in the DCT domain (`draft`) when that still
-    leaves both sides >= `size`: a 4288x2848 photograph is never fully decoded for 512 px.
+    `path` may also be an open binary file (an upload held in memory). JPEGs are decoded at
+    1/2, 1/4 or 1/8 scale in the DCT domain (`draft`) when that still leaves both sides
+    >= `size`: a 4288x2848 photograph is never fully decoded for 512 px.
     """
-    source = str(path)
+    source = source_name(path)
     if is_npz_reference(source):
         return _npz_image(source)
     try:
-        if Path(path).stat().st_size == 0:
+        if _is_empty(path):
             raise RejectedImage("empty file (0 bytes)", source)
         with _strict_loading(), Image.open(path) as image:
             image.draft("RGB", (size, size))  # a no-op for formats other than JPEG
@@ -442,7 +458,7 @@ def _gaussian(planes: np.ndarray, sigma: float) -> np.ndarray:
 # --- everything together -------------------------------------------------------------------
 
 
-def preprocess(source: str | Path, size: int, enhance: str = "none") -> Image.Image:
+def preprocess(source: str | Path | BinaryIO, size: int, enhance: str = "none") -> Image.Image:
     """A photograph (or npz reference) as the model sees it: fundus square, size x size.
 
     npz images (MedMNIST) were cropped to the disc by their publisher and are only resized.
@@ -453,13 +469,13 @@ def preprocess(source: str | Path, size: int, enhance: str = "none") -> Image.Im
     if size < 1:
         raise DrgradeError(f"size must be a positive number of pixels, got {size}")
     image = load_photograph(source, size)
-    if is_npz_reference(source):
+    if is_npz_reference(source_name(source)):
         fundus = _square((0, 0, image.width, image.height), circular=False)
     else:
         try:
             fundus = find_fundus(image)
         except RejectedImage as error:
-            raise RejectedImage(error.reason, str(source)) from None
+            raise RejectedImage(error.reason, source_name(source)) from None
     square, mask = crop_square(image, fundus, size)
     if enhance == "ben-graham":
         square = ben_graham(square, mask)

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -66,8 +67,9 @@ class Preprocessing:
         """Preprocessed image -> normalised network input tensor (C, H, W)."""
         return eval_transform(self.image_size, self.mean, self.std)
 
-    def load(self, path: Path | str) -> Image.Image:
-        """The photograph as training saw it; `RejectedImage` says why it cannot be."""
+    def load(self, path: Path | str | BinaryIO) -> Image.Image:
+        """The photograph (a file, or an open binary one) as training saw it; `RejectedImage`
+        says why it cannot be."""
         return preprocess(path, self.prepare_size, self.enhance)
 
     def tensor(self, path: Path | str) -> torch.Tensor:
@@ -101,7 +103,7 @@ class GraderBase:
         """Probabilities (N, 5) or scores (N,) of one view of a batch."""
         raise NotImplementedError
 
-    def load(self, path: Path | str) -> Image.Image:
+    def load(self, path: Path | str | BinaryIO) -> Image.Image:
         """The photograph as training saw it; `RejectedImage` says why it cannot be."""
         return self.settings.load(path)
 

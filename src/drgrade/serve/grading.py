@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import io
-import tempfile
 import threading
 from pathlib import Path
 
@@ -100,15 +99,11 @@ class PhotographGrader:
         """The result for one uploaded file; `UploadRejected` with the status if unusable."""
         name = display_name(filename)
         check_is_image(data, name)
-        # The fundus crop reads from a path; the copy lives only inside this block.
-        with tempfile.TemporaryDirectory(prefix="drgrade-serve-") as folder:
-            path = Path(folder) / "upload"
-            path.write_bytes(data)
-            try:
-                image = self.grader.load(path)
-            except RejectedImage as error:
-                raise UploadRejected(422, f"{name}: cannot be graded as a colour fundus "
-                                          f"photograph: {error.reason}") from None
+        try:  # decoded from memory: the upload never touches the disk
+            image = self.grader.load(io.BytesIO(data))
+        except RejectedImage as error:
+            raise UploadRejected(422, f"{name}: cannot be graded as a colour fundus "
+                                      f"photograph: {error.reason}") from None
         with self.lock:
             inputs = self.grader.to_batch([image])
             prediction = self.grader.predictions([name], self.grader.outputs(inputs))[0]
