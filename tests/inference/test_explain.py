@@ -78,7 +78,7 @@ def test_target_layer_is_the_last_spatial_block():
 
 def test_heat_maps_of_a_trained_run(fundus_run, synthetic_photos):
     grader = Grader.from_checkpoint(fundus_run, "cpu")
-    assert grader.enhance == "ben-graham" and grader.prepare_size == 96
+    assert grader.settings.enhance == "ben-graham" and grader.settings.prepare_size == 96
     photos = find_images([synthetic_photos])
     [batch] = iter_batches(grader, photos[:3], batch_size=3)
     maps = heat_maps(grader, batch.inputs, [p.grade for p in batch.predictions])

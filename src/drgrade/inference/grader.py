@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from drgrade.data.fundus import preprocess
+from drgrade.data.fundus import RejectedImage, preprocess
 from drgrade.data.transforms import eval_transform
 from drgrade.errors import DrgradeError
 from drgrade.grades import GRADE_NAMES, REFERABLE_GRADE
@@ -88,10 +88,6 @@ class GraderBase:
     def __init__(self, preprocessing: dict, head: str, thresholds: torch.Tensor):
         self.preprocessing = preprocessing
         self.settings = Preprocessing.from_settings(preprocessing)
-        # The attributes Grader had before Preprocessing existed, for its callers.
-        self.prepare_size = self.settings.prepare_size
-        self.enhance = self.settings.enhance
-        self.transform = self.settings.transform
         self.head = head
         self.thresholds = thresholds.detach().cpu()
 
@@ -109,7 +105,7 @@ class GraderBase:
 
     def to_batch(self, images: list[Image.Image]) -> torch.Tensor:
         """Network input for preprocessed images."""
-        return torch.stack([self.transform(image) for image in images]).to(self.device)
+        return torch.stack([self.settings.transform(image) for image in images]).to(self.device)
 
     @torch.no_grad()
     def outputs(self, batch: torch.Tensor, tta: bool = False) -> torch.Tensor:
@@ -137,7 +133,7 @@ class GraderBase:
         try:
             image = self.load(path)
         except DrgradeError as error:
-            return Prediction(str(path), error=getattr(error, "reason", str(error)))
+            return Prediction(str(path), error=failure_reason(error))
         return self.predictions([str(path)], self.outputs(self.to_batch([image]), tta))[0]
 
 
@@ -162,6 +158,15 @@ class Grader(GraderBase):
 
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
         return self.module.probabilities(self.module(batch))
+
+
+def failure_reason(error: Exception) -> str:
+    """The error column's text for a photograph that could not be graded."""
+    if isinstance(error, RejectedImage):
+        return error.reason
+    if isinstance(error, DrgradeError):
+        return str(error)
+    return f"unexpected error ({type(error).__name__}: {error})"
 
 
 def load_grader(model: Path | str, device: str | None = None) -> GraderBase:

@@ -19,10 +19,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from drgrade.data.fundus import IMAGE_SUFFIXES, RejectedImage
+from drgrade.data.fundus import IMAGE_SUFFIXES
 from drgrade.errors import DrgradeError
 from drgrade.grades import GRADE_NAMES, NUM_GRADES
-from drgrade.inference.grader import GraderBase, Prediction, Preprocessing
+from drgrade.inference.grader import GraderBase, Prediction, Preprocessing, failure_reason
 
 PARTIAL_SUFFIX = ".partial"
 
@@ -57,12 +57,8 @@ class Photographs(Dataset):
     def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str | None]:
         try:
             return index, self.preprocessing.tensor(self.paths[index]), None
-        except RejectedImage as error:
-            return index, None, error.reason
-        except DrgradeError as error:
-            return index, None, str(error)
         except Exception as error:  # one odd file must not stop a long run; it is listed
-            return index, None, f"unexpected error ({type(error).__name__}: {error})"
+            return index, None, failure_reason(error)
 
 
 def _keep_as_list(items: list) -> list:
