@@ -67,7 +67,7 @@ class GradingDataModule(L.LightningDataModule):
         else:
             transform = eval_transform(self.config.image_size, *normalization_stats(self.config))
         if self.manifest.layout == "medmnist":
-            return NpzDataset(self.manifest.source, split, transform)
+            return NpzDataset(self.manifest.source, split, self.grades(split), transform)
         return ManifestDataset(self.table[self.table["split"] == split], transform)
 
     def loader(self, dataset: GradedImages, sampler=None) -> DataLoader:

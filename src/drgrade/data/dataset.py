@@ -66,13 +66,17 @@ class ManifestDataset(GradedImages):
 
 
 class NpzDataset(GradedImages):
-    """One split of a MedMNIST npz, held in memory (it is small)."""
+    """One split of a MedMNIST npz, held in memory (it is small).
 
-    def __init__(self, npz: Path | str, split: str, transform: Transform | None = None):
+    `grades` come from the manifest, which read and checked the npz's labels.
+    """
+
+    def __init__(self, npz: Path | str, split: str, grades: np.ndarray,
+                 transform: Transform | None = None):
         super().__init__(transform)
         with np.load(npz) as arrays:
             self.images = arrays[f"{split}_images"]
-            self.grades = arrays[f"{split}_labels"].reshape(-1).astype(np.int64)
+        self.grades = grades
 
     def open(self, index: int) -> Image.Image:
         return Image.fromarray(self.images[index]).convert("RGB")
