@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import functools
 import types
 import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields
@@ -103,9 +104,14 @@ class TrainConfig:
         return asdict(self)
 
 
+@functools.cache
+def _type_hints() -> dict[str, type]:
+    return typing.get_type_hints(TrainConfig)
+
+
 def _field_type(spec) -> type:
     """The concrete type of a field, `int | None` -> int."""
-    hint = typing.get_type_hints(TrainConfig)[spec.name]
+    hint = _type_hints()[spec.name]
     if isinstance(hint, types.UnionType):
         return next(t for t in typing.get_args(hint) if t is not type(None))
     return hint
