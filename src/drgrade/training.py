@@ -185,7 +185,7 @@ def load_module(checkpoint: Path | str) -> GradingModule:
             f"{checkpoint}: no drgrade metadata (config, preprocessing); a plain state_dict "
             "cannot say how to feed the model: use a checkpoint written by `drgrade train`"
         )
-    _check_hparams(checkpoint, hparams)
+    _check_hparams(checkpoint, hparams, state.get("drgrade_version", "unknown"))
     module = GradingModule(hparams["config"], hparams["preprocessing"],
                            hparams.get("class_weights"), load_pretrained=False)
     try:
@@ -208,7 +208,7 @@ def _refusal(error: pickle.UnpicklingError) -> str:
     return reasons[0] if reasons else "objects other than tensors"
 
 
-def _check_hparams(checkpoint: Path, hparams: dict) -> None:
+def _check_hparams(checkpoint: Path, hparams: dict, written_by: str) -> None:
     """Raise naming what a checkpoint from another drgrade version has that this one lacks."""
     config, preprocessing = hparams["config"], hparams.get("preprocessing")
     problems = []
@@ -222,6 +222,6 @@ def _check_hparams(checkpoint: Path, hparams: dict) -> None:
         problems.append(f"preprocessing lacks {', '.join(missing)}")
     if problems:
         raise DrgradeError(
-            f"{checkpoint}: written by another drgrade version ({'; '.join(problems)}): load it "
-            "with the drgrade version that trained it"
+            f"{checkpoint}: written by another drgrade version ({'; '.join(problems)}; it "
+            f"records drgrade {written_by}): load it with the drgrade version that trained it"
         )
