@@ -87,9 +87,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     """Score a run's best checkpoint (or a checkpoint) on one split."""
     from drgrade.evaluation.evaluate import evaluate
     from drgrade.evaluation.metrics import metrics_table
-    from drgrade.run_folder import METRICS_FILE, resolve_checkpoint
+    from drgrade.run_folder import METRICS_FILE, resolve_checkpoint, run_of
 
-    out = args.out or resolve_checkpoint(args.checkpoint).parent.parent
+    out = args.out or run_of(resolve_checkpoint(args.checkpoint))
     metrics = evaluate(args.checkpoint, args.data, args.split, args.tta, out)
     print(f"{metrics['checkpoint']} on the {args.split} split of {metrics['data']}"
           f"{' (flip TTA)' if args.tta else ''}:")

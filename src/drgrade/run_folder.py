@@ -45,6 +45,11 @@ def resolve_checkpoint(run_or_checkpoint: Path) -> Path:
     return best_checkpoint(path) if path.is_dir() else path
 
 
+def run_of(checkpoint: Path) -> Path:
+    """The run folder a checkpoint lives in (RUN/checkpoints/FILE)."""
+    return Path(checkpoint).parent.parent
+
+
 def epochs_logged(run: Path) -> int:
     """How many epochs the run's log.csv holds (0 before the first)."""
     log = Path(run) / LOG_FILE

@@ -18,7 +18,7 @@ from drgrade.evaluation.metrics import grading_metrics
 from drgrade.evaluation.plots import plot_confusion, plot_referable_roc
 from drgrade.grades import REFERABLE_GRADE
 from drgrade.inference.grader import Grader
-from drgrade.run_folder import METRICS_FILE, resolve_checkpoint
+from drgrade.run_folder import METRICS_FILE, resolve_checkpoint, run_of
 from drgrade.training import GradingModule, load_module
 
 
@@ -59,10 +59,10 @@ def evaluate(run_or_checkpoint: Path, data: str | None = None, split: str = "tes
     loader = datamodule.loader(datamodule.dataset(split))
     outputs, grades = predict_outputs(module, loader, tta, progress)
     predicted, referable_score = decode(module, outputs)
-    majority = int(np.bincount(datamodule.grades("train")).argmax())
+    majority = int(datamodule.class_counts().argmax())
     metrics = {"checkpoint": str(checkpoint), "data": config.data, "split": split, "tta": tta,
                **grading_metrics(grades, predicted, referable_score, majority)}
-    out = Path(out) if out else checkpoint.parent.parent
+    out = Path(out) if out else run_of(checkpoint)
     out.mkdir(parents=True, exist_ok=True)
     (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
     write_figures(out / "figures", split, metrics, grades, referable_score)

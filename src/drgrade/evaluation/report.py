@@ -23,6 +23,7 @@ from drgrade.run_folder import (
     LOG_FILE,
     METRICS_FILE,
     PLAN_FILE,
+    read_run_config,
     run_state,
 )
 
@@ -62,7 +63,7 @@ def _run_row(run: Path) -> dict:
     row: dict = {"name": run.name, "run": str(run)}
     if not (run / CONFIG_FILE).is_file():
         return row | {"state": "missing"}
-    config = yaml.safe_load((run / CONFIG_FILE).read_text())
+    config = read_run_config(run)
     row |= {key: config[key] for key in ("arch", "pretrained", "image_size", "seed", "head",
                                          "epochs", "track_test")}
     row["init"] = _init(config["pretrained"])
