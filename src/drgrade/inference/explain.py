@@ -128,6 +128,15 @@ def render(photo: np.ndarray, heat_map: np.ndarray, text: str) -> Image.Image:
     return sheet
 
 
+def heat_map_sheets(grader: Grader, inputs: torch.Tensor, predictions: Sequence[Prediction],
+                    method: str = "gradcam", layer: nn.Module | None = None) -> list[Image.Image]:
+    """One sheet per graded input: the photograph beside its heat map, under a caption."""
+    maps = heat_maps(grader, inputs, [p.grade for p in predictions], method, layer)
+    photos = network_view(grader, inputs)
+    return [render(photo, heat_map, caption(prediction, method))
+            for prediction, photo, heat_map in zip(predictions, photos, maps, strict=True)]
+
+
 class HeatMapWriter:
     """Writes FOLDER/<image stem>.png for each graded image of a batch."""
 
@@ -155,13 +164,10 @@ class HeatMapWriter:
         if batch.inputs is None:
             return {}
         graded = [batch.predictions[k] for k in batch.graded]
-        maps = heat_maps(self.grader, batch.inputs, [p.grade for p in graded], self.method,
-                         self.layer)
-        photos = network_view(self.grader, batch.inputs)
+        sheets = heat_map_sheets(self.grader, batch.inputs, graded, self.method, self.layer)
         written = {}
-        for k, prediction, photo, heat_map in zip(batch.graded, graded, photos, maps,
-                                                  strict=True):
+        for k, prediction, sheet in zip(batch.graded, graded, sheets, strict=True):
             target = self._target(prediction.image)
-            render(photo, heat_map, caption(prediction, self.method)).save(target)
+            sheet.save(target)
             written[k] = str(target)
         return written

@@ -111,12 +111,10 @@ class PhotographGrader:
         return self.result(prediction, heat_map)
 
     def _heat_map(self, inputs, prediction: Prediction) -> str:
-        from drgrade.inference.explain import caption, heat_maps, network_view, render
+        from drgrade.inference.explain import heat_map_sheets
 
-        maps = heat_maps(self.grader, inputs, [prediction.grade], self.explain_method,
-                         self.layer)
-        photo = network_view(self.grader, inputs)[0]
-        return png_data_url(render(photo, maps[0], caption(prediction, self.explain_method)))
+        return png_data_url(heat_map_sheets(self.grader, inputs, [prediction],
+                                            self.explain_method, self.layer)[0])
 
     def result(self, prediction: Prediction, heat_map: str | None) -> dict:
         """The JSON answer for a graded photograph."""
