@@ -1,31 +1,19 @@
 """Models: heads on several torchvision families, weight loading offline, regression cut points."""
 
-import itertools
 import pathlib
 import socket
 import time
 import urllib.error
 
-import numpy as np
 import pytest
 import torch
 import torchvision
-from sklearn.metrics import cohen_kappa_score
 from torch import nn
 
 from drgrade import models
 from drgrade.errors import DrgradeError
-from drgrade.models import (
-    DEFAULT_THRESHOLDS,
-    HEADS,
-    build_model,
-    decode_regression,
-    expected_weights_file,
-    fit_thresholds,
-    head_outputs,
-)
-
-GRADES = list(range(5))
+from drgrade.model_card import HEADS
+from drgrade.models import build_model, expected_weights_file, head_outputs
 
 
 @pytest.fixture(autouse=True)
@@ -56,10 +44,6 @@ def outputs_of(model: nn.Module, size: int, batch: int = 2) -> torch.Tensor:
     model.eval()
     with torch.no_grad():
         return model(torch.randn(batch, 3, size, size))
-
-
-def qwk(grades, predicted) -> float:
-    return cohen_kappa_score(grades, predicted, weights="quadratic", labels=GRADES)
 
 
 # ----------------------------------------------------------------------------- heads
@@ -284,103 +268,3 @@ def test_weights_file_never_runs_pickled_code(tmp_path):
     with pytest.raises(DrgradeError, match="cannot be read"):
         build_model("resnet18", weights_file=path)
     assert not marker.exists()
-
-
-# ----------------------------------------------------------------------------- cut points
-
-
-def shifted_scores(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """EyePACS-like grades and a regressor that over-grades and squashes the scale."""
-    rng = np.random.default_rng(seed)
-    grades = rng.choice(5, size=n, p=[0.73, 0.07, 0.15, 0.025, 0.025])
-    scores = 0.6 + 0.7 * grades + rng.normal(0, 0.35, size=n)
-    return scores, grades
-
-
-def decoded(scores, cuts) -> np.ndarray:
-    return decode_regression(torch.as_tensor(scores), torch.as_tensor(cuts)).numpy()
-
-
-@pytest.mark.parametrize("n", [200, 5000])
-def test_fit_thresholds_beats_the_defaults(n):
-    scores, grades = shifted_scores(n)
-    cuts = fit_thresholds(scores, grades)
-    assert cuts.shape == (4,) and cuts.dtype == np.float64
-    assert np.all(np.diff(cuts) > 0)
-    default = qwk(grades, decoded(scores, DEFAULT_THRESHOLDS))
-    fitted = qwk(grades, decoded(scores, cuts))
-    assert fitted > default + 0.1, (default, fitted)
-    # At least as good as the natural cut points of this synthetic regressor: the midpoints
-    # between its grade means (QWK's own optimum sits elsewhere on imbalanced grades).
-    assert fitted >= qwk(grades, decoded(scores, [0.95, 1.65, 2.35, 3.05]))
-
-
-def test_fit_thresholds_matches_a_grid_search():
-    scores, grades = shifted_scores(200, seed=1)
-    grid = np.linspace(0.5, 4.0, 11)
-    best = max(qwk(grades, decoded(scores, cuts)) for cuts in itertools.combinations(grid, 4))
-    assert qwk(grades, decoded(scores, fit_thresholds(scores, grades))) >= best
-
-
-@pytest.mark.parametrize("seed", range(5))
-def test_fit_thresholds_never_worse_than_defaults(seed):
-    rng = np.random.default_rng(seed)
-    grades = rng.integers(0, 5, size=60)
-    scores = rng.normal(2, 1.5, size=60)
-    cuts = fit_thresholds(scores, grades)
-    assert np.all(np.diff(cuts) > 0)
-    assert qwk(grades, decoded(scores, cuts)) >= qwk(grades, decoded(scores, DEFAULT_THRESHOLDS))
-
-
-def test_fit_thresholds_is_exact_on_separable_scores():
-    grades = np.array([0, 0, 1, 1, 2, 2, 3, 4, 4])
-    scores = grades * 10.0 + 3  # every default cut point is wrong
-    cuts = fit_thresholds(scores, grades)
-    assert np.array_equal(decoded(scores, cuts), grades)
-
-
-@pytest.mark.parametrize("scores, grades", [
-    ([], []),
-    ([0.3], [2]),
-    ([0.1, 2.0, 3.0], [1, 1, 1]),  # one grade: kappa undefined
-    (np.full(10, 1.0), np.zeros(10, int)),
-])
-def test_fit_thresholds_degenerate_inputs_keep_the_defaults(scores, grades):
-    cuts = fit_thresholds(np.array(scores, float), np.array(grades, int))
-    assert cuts.tolist() == list(DEFAULT_THRESHOLDS)
-
-
-def test_fit_thresholds_few_samples_and_ties():
-    cuts = fit_thresholds(np.array([1.0, 1.0, 1.0, 2.0]), np.array([0, 0, 2, 2]))
-    assert cuts.shape == (4,) and np.all(np.diff(cuts) > 0)
-    cuts = fit_thresholds(np.array([5.0, 6.0]), np.array([0, 4]))
-    assert np.array_equal(decoded([5.0, 6.0], cuts), [0, 4])
-
-
-def test_fit_thresholds_rejects_nan_scores():
-    with pytest.raises(DrgradeError, match="NaN"):
-        fit_thresholds(np.array([0.0, np.nan]), np.array([0, 1]))
-
-
-def test_fit_thresholds_accepts_float16_column_scores():
-    scores, grades = shifted_scores(300, seed=3)
-    cuts = fit_thresholds(scores.astype(np.float16)[:, None], grades)
-    assert np.all(np.diff(cuts) > 0)
-
-
-def test_decode_regression_boundaries():
-    cuts = torch.tensor(DEFAULT_THRESHOLDS)
-    scores = torch.tensor([-1.0, 0.5, 0.5001, 1.5, 2.0, 2.5, 3.4999, 3.5, 3.5001, 10.0])
-    grades = decode_regression(scores, cuts)
-    assert grades.dtype == torch.int64
-    assert grades.tolist() == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
-
-
-def test_decode_regression_half_precision_and_errors():
-    cuts = torch.tensor(DEFAULT_THRESHOLDS)
-    scores = torch.tensor([0.49, 0.51, 3.6], dtype=torch.float16)
-    assert decode_regression(scores, cuts).tolist() == [0, 1, 4]
-    with pytest.raises(ValueError, match="increase"):
-        decode_regression(scores, torch.tensor([0.5, 2.5, 1.5, 3.5]))
-    with pytest.raises(ValueError, match="4 cut points"):
-        decode_regression(scores, torch.tensor([0.5, 1.5]))

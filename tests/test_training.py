@@ -7,12 +7,13 @@ import pandas as pd
 import pytest
 import torch
 
+from drgrade.checkpoint import load_network
 from drgrade.config import load_config
 from drgrade.data.datamodule import GradingDataModule
 from drgrade.errors import DrgradeError
 from drgrade.fit import EpochLog, train
 from drgrade.run_folder import best_checkpoint, last_checkpoint, read_run_config
-from drgrade.training import GradingModule, load_module
+from drgrade.training import GradingModule
 
 
 def _config(shared_data, out, **overrides):
@@ -26,13 +27,12 @@ def _config(shared_data, out, **overrides):
 
 
 def _val_accuracy(checkpoint, config) -> float:
-    module = load_module(checkpoint)
-    module.eval()
+    network, _ = load_network(checkpoint)
     loader = GradingDataModule(config).val_dataloader()[0]
     correct = total = 0
     with torch.no_grad():
         for images, grades in loader:
-            correct += (module.decode(module(images)) == grades).sum().item()
+            correct += (network.decode(network(images)) == grades).sum().item()
             total += len(grades)
     return correct / total
 
@@ -53,7 +53,7 @@ def test_train_logs_checkpoints_and_reloads(shared_data, tmp_path, head):
     assert _val_accuracy(last_checkpoint(run), config) == pytest.approx(
         log["val_accuracy"].iloc[-1], abs=1e-6)
     # The preprocessing a raw image needs travels inside the checkpoint.
-    assert load_module(best_checkpoint(run)).hparams["preprocessing"]["image_size"] == 28
+    assert load_network(best_checkpoint(run))[1].image_size == 28
 
 
 def test_resume_ends_with_the_same_weights(shared_data, tmp_path, monkeypatch):
@@ -99,7 +99,7 @@ def test_ddp_two_cpu_processes(shared_data, tmp_path):
     ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert load_module(last_checkpoint(run)).config.arch == "resnet18"
+    assert load_network(last_checkpoint(run))[1].arch == "resnet18"
     assert len(pd.read_csv(run / "log.csv")) == 1
 
 
@@ -111,8 +111,8 @@ def test_pretrained_from_a_local_weights_file(shared_data, tmp_path):
     torch.save(reference.state_dict(), weights)
     config = _config(shared_data, tmp_path / "run", pretrained=True, weights=str(weights),
                      epochs=1, max_train_batches=1, lr=1e-9, optimizer="sgd", momentum=0.0)
-    module = GradingModule(config.to_dict(), GradingDataModule(config).preprocessing())
-    assert torch.equal(module.model.conv1.weight, reference.conv1.weight)
+    module = GradingModule(config, GradingDataModule(config).model_card())
+    assert torch.equal(module.network.model.conv1.weight, reference.conv1.weight)
 
 
 def test_unknown_arch_is_a_clear_error(shared_data, tmp_path):

@@ -13,6 +13,7 @@ from pathlib import Path
 import yaml
 
 from drgrade.errors import DrgradeError
+from drgrade.model_card import HEADS
 
 
 def option(default, help: str, choices: tuple | None = None):  # noqa: A002 - mirrors argparse
@@ -29,7 +30,7 @@ class TrainConfig:
     arch: str = option("resnet18", "torchvision model name (resnet18, resnet50, ...)")
     pretrained: bool = option(False, "start from ImageNet weights (torchvision cache)")
     weights: str | None = option(None, "local ImageNet state_dict file instead of the cache")
-    head: str = option("classification", "output head", ("classification", "regression"))
+    head: str = option("classification", "output head", HEADS)
     image_size: int = option(512, "side of the square network input in pixels")
     batch_size: int = option(16, "images per batch (per device)")
     epochs: int = option(10, "training epochs")

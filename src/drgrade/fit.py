@@ -15,7 +15,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressB
 from drgrade.config import TrainConfig
 from drgrade.data.datamodule import GradingDataModule
 from drgrade.errors import DrgradeError
-from drgrade.evaluation.plots import plot_curves
+from drgrade.plots import plot_curves
 from drgrade.run_folder import (
     BEST_CHECKPOINT,
     CHECKPOINT_DIR,
@@ -101,7 +101,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
     L.seed_everything(config.seed, workers=True, verbose=False)
     data = GradingDataModule(config)
     weights = class_weights(data.class_counts()) if config.class_weights else None
-    module = GradingModule(config.to_dict(), data.preprocessing(), weights)
+    module = GradingModule(config, data.model_card(), weights)
     write_run_files(run, config.to_dict(), data.manifest.fingerprint())
     trainer = make_trainer(config, run, progress, extra_callbacks)
     trainer.fit(module, datamodule=data, ckpt_path=last if resume else None)

@@ -5,9 +5,8 @@ the lab's), optionally loads ImageNet weights (torchvision's hub cache, or a loc
 swaps its final classifier for a grading head:
 
 - classification: 5 logits, one per grade, decoded by argmax;
-- regression: 1 score on the 0-4 scale, decoded by 4 cut points (`decode_regression`). MSE
-  regression with cut points tuned on validation for quadratic weighted kappa beat
-  cross-entropy on EyePACS (Kaggle 2015, 2nd place); `fit_thresholds` tunes them.
+- regression: 1 score on the 0-4 scale, decoded by 4 cut points fitted on validation
+  (`operating_points.fit_cut_points`).
 
 Weight files are read with `torch.load(..., weights_only=True)`: loading never runs code.
 """
@@ -22,7 +21,6 @@ from http.client import HTTPException
 from pathlib import Path
 from urllib.parse import urlparse
 
-import numpy as np
 import torch
 import torchvision
 from torch import nn
@@ -30,9 +28,8 @@ from torchvision.models import get_model, get_model_weights, list_models
 
 from drgrade.errors import DrgradeError
 from drgrade.grades import NUM_GRADES
+from drgrade.model_card import HEADS
 
-HEADS = ("classification", "regression")
-DEFAULT_THRESHOLDS = (0.5, 1.5, 2.5, 3.5)
 # Class count of the standard torchvision models: their ImageNet state_dicts have this head.
 IMAGENET_CLASSES = 1000
 # Bounds each connect/read of the weights download; without it a firewalled machine that
@@ -286,123 +283,3 @@ def _initial_weights(
         state = _pretrained_state_dict(arch)
         return state, f"ImageNet weights {expected_weights_file(arch)}"
     return None, "random initialisation"
-
-
-# ----------------------------------------------------------------------------- cut points
-
-
-def decode_grades(outputs: torch.Tensor, head: str, thresholds: torch.Tensor) -> torch.Tensor:
-    """Grades 0-4 from a head's outputs: the argmax for classification (logits or
-    probabilities alike), the regression scores through the cut points."""
-    if head == "regression":
-        return decode_regression(outputs, thresholds)
-    return outputs.argmax(dim=1)
-
-
-def decode_regression(scores: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
-    """Grades 0-4 (int64) from regression scores: grade = number of cut points below the score.
-
-    A score equal to a cut point takes the lower grade (torch.bucketize, right=False).
-    """
-    if thresholds.ndim != 1 or len(thresholds) != NUM_GRADES - 1:
-        shape = tuple(thresholds.shape)
-        raise ValueError(f"expected {NUM_GRADES - 1} cut points, got shape {shape}")
-    # Checked only on the CPU: on a GPU the check would stall every batch for a sync.
-    if thresholds.device.type == "cpu" and not bool((thresholds.diff() > 0).all()):
-        raise ValueError(f"cut points must increase strictly, got {thresholds.tolist()}")
-    # Compare in the wider dtype: half-precision scores against float32 cut points.
-    dtype = torch.promote_types(scores.dtype, thresholds.dtype)
-    return torch.bucketize(scores.to(dtype), thresholds.to(device=scores.device, dtype=dtype))
-
-
-def _kappas(confusions: np.ndarray) -> np.ndarray:
-    """Quadratic weighted kappa of each (..., 5, 5) confusion matrix (NaN where undefined).
-
-    The same value as sklearn's cohen_kappa_score(weights="quadratic", labels=range(5)).
-    """
-    grades = np.arange(NUM_GRADES)
-    weights = (grades[:, None] - grades[None, :]) ** 2
-    total = confusions.sum(axis=(-2, -1), keepdims=True)
-    expected = confusions.sum(-1, keepdims=True) * confusions.sum(-2, keepdims=True) / total
-    observed_cost = (weights * confusions).sum(axis=(-2, -1))
-    expected_cost = (weights * expected).sum(axis=(-2, -1))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return 1.0 - observed_cost / expected_cost
-
-
-class _SortedScores:
-    """Validation scores sorted once, so the confusion matrix of any cut points costs O(25)."""
-
-    def __init__(self, scores: np.ndarray, grades: np.ndarray):
-        order = np.argsort(scores, kind="stable")
-        self.scores = scores[order]
-        onehot = np.eye(NUM_GRADES, dtype=np.int64)[grades[order]]
-        # cumulative[k, g]: samples of grade g among the k lowest scores.
-        self.cumulative = np.vstack([np.zeros(NUM_GRADES, np.int64), onehot.cumsum(0)])
-        self.unique = np.unique(self.scores)
-
-    def kappas(self, cuts: np.ndarray) -> np.ndarray:
-        """QWK for each row of `cuts` (M, 4) of increasing cut points."""
-        # Samples at or below a cut point are graded below it, as in decode_regression.
-        below = np.searchsorted(self.scores, cuts, side="right")
-        n = len(self.scores)
-        bounds = np.hstack([np.zeros((len(cuts), 1), int), below, np.full((len(cuts), 1), n)])
-        # (M, predicted grade, true grade) counts from the cumulative table.
-        confusions = np.diff(self.cumulative[bounds], axis=1)
-        return _kappas(confusions)
-
-    def candidates(self, low: float, high: float) -> np.ndarray:
-        """One cut point inside each gap between distinct scores that lies within (low, high)."""
-        edges = np.concatenate([[-np.inf], self.unique, [np.inf]])
-        left, right = np.maximum(edges[:-1], low), np.minimum(edges[1:], high)
-        keep = left < right
-        left, right = left[keep], right[keep]
-        # Unbounded gaps (below or above every score) get a point 1 beyond the last score.
-        return np.where(np.isinf(left), right - 1.0,
-                        np.where(np.isinf(right), left + 1.0, (left + right) / 2))
-
-
-def fit_thresholds(scores: np.ndarray, grades: np.ndarray) -> np.ndarray:
-    """4 increasing cut points that maximise quadratic weighted kappa on validation scores.
-
-    Coordinate search from DEFAULT_THRESHOLDS: each cut point in turn moves to the best gap
-    between its neighbours, until none improves kappa. Returns the defaults when kappa is
-    undefined (fewer than two grades present, or no samples).
-    """
-    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
-    grades = np.asarray(grades).reshape(-1).astype(np.int64)
-    if len(scores) != len(grades):
-        raise ValueError(f"{len(scores)} scores but {len(grades)} grades")
-    if not np.isfinite(scores).all():
-        raise DrgradeError(
-            "regression scores contain NaN or infinity: training diverged; lower --lr"
-        )
-    if grades.size and (grades.min() < 0 or grades.max() >= NUM_GRADES):
-        raise ValueError(f"grades must lie in 0-{NUM_GRADES - 1}")
-    cuts = np.array(DEFAULT_THRESHOLDS, dtype=np.float64)
-    if len(np.unique(grades)) < 2:
-        return cuts
-    table = _SortedScores(scores, grades)
-    best = table.kappas(cuts[None])[0]
-    for _ in range(100):  # each pass raises kappa strictly, so this bound is rarely reached
-        improved = False
-        for i in range(len(cuts)):
-            value, kappa = _best_move(table, cuts, i)
-            # A margin keeps float noise from moving a cut point between equally good gaps.
-            if kappa > best + 1e-12:
-                cuts[i], best, improved = value, kappa, True
-        if not improved:
-            break
-    return cuts
-
-
-def _best_move(table: _SortedScores, cuts: np.ndarray, i: int) -> tuple[float, float]:
-    """Best value for cut point i with the others fixed, and the kappa it gives."""
-    low = cuts[i - 1] if i > 0 else -np.inf
-    high = cuts[i + 1] if i + 1 < len(cuts) else np.inf
-    options = table.candidates(low, high)
-    trials = np.repeat(cuts[None], len(options), axis=0)
-    trials[:, i] = options
-    kappas = np.nan_to_num(table.kappas(trials), nan=-np.inf)
-    j = int(np.argmax(kappas))
-    return float(options[j]), float(kappas[j])

@@ -1,80 +1,88 @@
-"""The LightningModule: loss, optimiser, schedule and per-epoch metrics. The loop is Lightning's."""
+"""The LightningModule: loss, optimiser, schedule and per-epoch metrics. The loop is Lightning's.
+
+It wraps a `GradingNetwork` for training only. Each checkpoint carries the network's model
+card (with the cut points and screening threshold fitted on validation at that epoch) and
+the model hyperparameters; inference reads the card through `drgrade.checkpoint`, never
+this module.
+"""
 
 from __future__ import annotations
 
 import math
-import pickle
-from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
 import torch.nn.functional as F
-from torchmetrics.classification import MulticlassAccuracy, MulticlassCohenKappa
-from torchmetrics.functional.classification import multiclass_accuracy, multiclass_cohen_kappa
+from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from drgrade import __version__
+from drgrade.agreement import confusion_matrix, quadratic_kappa
 from drgrade.config import TrainConfig
-from drgrade.errors import DrgradeError
 from drgrade.grades import NUM_GRADES
-from drgrade.models import DEFAULT_THRESHOLDS, build_model, decode_grades, fit_thresholds
+from drgrade.model_card import CHECKPOINT_KEY, ModelCard
+from drgrade.network import GradingNetwork
+from drgrade.operating_points import fit_cut_points, screening_threshold
+
+# The options that shape the optimisation, saved as the module's hyperparameters.
+OPTIMISATION_OPTIONS = ("optimizer", "lr", "momentum", "nesterov", "weight_decay", "scheduler",
+                        "step_epochs", "step_gamma", "warmup_epochs", "label_smoothing",
+                        "class_weights", "epochs")
+
+
+class QuadraticKappa(MulticlassConfusionMatrix):
+    """Quadratic weighted kappa accumulated over steps (and synced across processes) as a
+    confusion matrix, computed by drgrade's one kappa formula."""
+
+    def compute(self) -> torch.Tensor:
+        return torch.tensor(float(quadratic_kappa(super().compute().cpu().numpy())))
 
 
 class GradingModule(L.LightningModule):
-    """A DR grader: a torchvision backbone with a classification or regression head.
+    """Trains a `GradingNetwork` with cross-entropy or MSE under the configured schedule."""
 
-    Hyperparameters (the config, class weights, preprocessing) are saved in every
-    checkpoint, so a checkpoint alone says how to rebuild and feed the model.
-    """
-
-    def __init__(self, config: dict, preprocessing: dict, class_weights: list | None = None,
-                 load_pretrained: bool = True):
+    def __init__(self, config: TrainConfig, card: ModelCard, class_weights: list | None = None):
         super().__init__()
-        self.save_hyperparameters(ignore=["load_pretrained"])
-        self.config = TrainConfig(**config)
-        # Rebuilding from a checkpoint needs no ImageNet weights: the state_dict replaces them.
-        self.model = build_model(
-            self.config.arch,
-            pretrained=self.config.pretrained and load_pretrained,
-            head=self.config.head,
-            weights_file=self.config.weights if load_pretrained else None,
-        )
-        if self.config.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
+        self.config = config
+        self.card = card
+        self.save_hyperparameters({
+            "network": {"arch": config.arch, "head": config.head,
+                        "pretrained": config.pretrained, "channels_last": config.channels_last},
+            "optimisation": {name: getattr(config, name) for name in OPTIMISATION_OPTIONS},
+            "class_weight_values": class_weights,
+        })
+        self.network = GradingNetwork(config.arch, config.head, pretrained=config.pretrained,
+                                      weights_file=config.weights,
+                                      channels_last=config.channels_last)
         weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
         self.register_buffer("class_weights", weights, persistent=False)
-        # Regression cut points, refitted on validation each epoch and saved with the weights.
-        self.register_buffer("thresholds", torch.tensor(DEFAULT_THRESHOLDS))
         # Train metrics accumulate over steps (torchmetrics syncs them across processes);
         # val/test metrics are computed at epoch end, after regression cut points are fitted.
         self.train_accuracy = MulticlassAccuracy(NUM_GRADES, average="micro")
-        self.train_kappa = MulticlassCohenKappa(NUM_GRADES, weights="quadratic")
+        self.train_kappa = QuadraticKappa(NUM_GRADES)
         self._outputs: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {"val": [], "test": []}
 
+    def current_card(self) -> ModelCard:
+        """The model card with this epoch's validation-fitted cut points and threshold."""
+        return self.card.with_values(cut_points=tuple(self.network.thresholds.tolist()))
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint[CHECKPOINT_KEY] = self.current_card().to_dict()
         # Lets a later drgrade name the version a checkpoint it cannot read came from.
         checkpoint["drgrade_version"] = __version__
 
-    @property
-    def is_regression(self) -> bool:
-        return self.config.head == "regression"
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # --resume: the screening threshold of the epoch resumed from.
+        if CHECKPOINT_KEY in checkpoint:
+            saved = checkpoint[CHECKPOINT_KEY].get("screening_threshold")
+            self.card = self.card.with_values(screening_threshold=saved)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Raw outputs: logits (N, 5) or regression scores (N,)."""
-        if self.config.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        out = self.model(images)
-        return out.squeeze(1) if self.is_regression else out
-
-    def decode(self, outputs: torch.Tensor) -> torch.Tensor:
-        """Grades 0-4 from raw outputs."""
-        return decode_grades(outputs, self.config.head, self.thresholds)
-
-    def probabilities(self, outputs: torch.Tensor) -> torch.Tensor:
-        """Per-grade probabilities (classification) or the score itself (regression)."""
-        return outputs if self.is_regression else outputs.softmax(dim=1)
+        return self.network(images)
 
     def loss(self, outputs: torch.Tensor, grades: torch.Tensor) -> torch.Tensor:
-        if self.is_regression:
+        if self.network.is_regression:
             return F.mse_loss(outputs, grades.float())
         return F.cross_entropy(outputs, grades, weight=self.class_weights,
                                label_smoothing=self.config.label_smoothing)
@@ -86,7 +94,7 @@ class GradingModule(L.LightningModule):
         self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True, sync_dist=True,
                  batch_size=len(grades), add_dataloader_idx=False)
         if stage == "train":
-            predicted = self.decode(outputs.detach())
+            predicted = self.network.decode(outputs.detach())
             self.train_accuracy(predicted, grades)
             self.train_kappa(predicted, grades)
             self.log("train_accuracy", self.train_accuracy, on_step=False, on_epoch=True)
@@ -116,16 +124,25 @@ class GradingModule(L.LightningModule):
             # Every process scores the whole split, so all agree on the cut points.
             outputs = self.all_gather(outputs).flatten(0, 1)
             grades = self.all_gather(grades).flatten(0, 1)
-        if stage == "val" and self.is_regression and not self.trainer.sanity_checking:
-            cuts = fit_thresholds(outputs.cpu().numpy(), grades.cpu().numpy())
-            self.thresholds.copy_(torch.as_tensor(cuts, dtype=self.thresholds.dtype))
-        predicted = self.decode(outputs)
-        accuracy = multiclass_accuracy(predicted, grades, NUM_GRADES, average="micro")
-        kappa = multiclass_cohen_kappa(predicted, grades, NUM_GRADES, weights="quadratic")
+        if stage == "val" and not self.trainer.sanity_checking:
+            self._fit_operating_points(outputs, grades)
+        predicted = self.network.decode(outputs).cpu().numpy()
+        confusion = confusion_matrix(grades.cpu().numpy(), predicted)
+        total = confusion.sum()
         # Kappa is undefined (NaN) when a single grade occurs; count it as chance level (0)
         # so checkpoint selection still works.
-        self.log(f"{stage}_accuracy", accuracy)
-        self.log(f"{stage}_kappa", torch.nan_to_num(kappa, nan=0.0))
+        self.log(f"{stage}_accuracy", float(np.trace(confusion) / total) if total else 0.0)
+        self.log(f"{stage}_kappa", float(np.nan_to_num(quadratic_kappa(confusion), nan=0.0)))
+
+    def _fit_operating_points(self, outputs: torch.Tensor, grades: torch.Tensor) -> None:
+        """Cut points (regression) and the screening threshold, from this epoch's validation."""
+        truth = grades.cpu().numpy()
+        if self.network.is_regression:
+            cuts = fit_cut_points(outputs.cpu().numpy(), truth)
+            self.network.thresholds.copy_(torch.as_tensor(cuts, dtype=torch.float32))
+        score = self.network.referable_score(self.network.probabilities(outputs))
+        threshold = screening_threshold(truth, score.cpu().numpy(), self.card.screening_target)
+        self.card = self.card.with_values(screening_threshold=threshold)
 
     def configure_optimizers(self):
         config = self.config
@@ -159,69 +176,3 @@ def lr_factor(config: TrainConfig, steps_per_epoch: int):
         return 1.0
 
     return factor
-
-
-def load_module(checkpoint: Path | str) -> GradingModule:
-    """A trained grader from a drgrade checkpoint, never executing code from the file."""
-    checkpoint = Path(checkpoint)
-    if not checkpoint.is_file():
-        raise DrgradeError(f"{checkpoint}: checkpoint not found")
-    try:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        # Not torch's message: it advises weights_only=False, which would run the file's code.
-        raise DrgradeError(
-            f"{checkpoint}: refused: it holds Python objects besides tensors and plain values, "
-            f"and loading those could run code from the file ({_refusal(error)}); use a "
-            "checkpoint written by `drgrade train`"
-        ) from None
-    except Exception as error:  # torch raises many types for corrupt, truncated or alien files
-        first_line = next(iter(str(error).splitlines()), "")
-        raise DrgradeError(f"{checkpoint}: not a loadable checkpoint "
-                           f"({type(error).__name__}: {first_line})") from None
-    hparams = state.get("hyper_parameters") if isinstance(state, dict) else None
-    if not isinstance(hparams, dict) or "config" not in hparams:
-        raise DrgradeError(
-            f"{checkpoint}: no drgrade metadata (config, preprocessing); a plain state_dict "
-            "cannot say how to feed the model: use a checkpoint written by `drgrade train`"
-        )
-    _check_hparams(checkpoint, hparams, state.get("drgrade_version", "unknown"))
-    module = GradingModule(hparams["config"], hparams["preprocessing"],
-                           hparams.get("class_weights"), load_pretrained=False)
-    try:
-        module.load_state_dict(state.get("state_dict") or {})
-    except RuntimeError as error:
-        raise DrgradeError(
-            f"{checkpoint}: its weights do not fit the {module.config.arch} "
-            f"{module.config.head} model its config describes "
-            f"({str(error).splitlines()[0]} ...); was it edited or written by another drgrade "
-            "version?"
-        ) from None
-    return module
-
-
-def _refusal(error: pickle.UnpicklingError) -> str:
-    """The line of torch's weights-only refusal that names what was refused."""
-    boilerplate = ("Weights only load failed", "Please file an issue", "Check the documentation")
-    lines = [line.strip() for line in str(error).splitlines()]
-    reasons = [line for line in lines if line and not line.startswith(boilerplate)]
-    return reasons[0] if reasons else "objects other than tensors"
-
-
-def _check_hparams(checkpoint: Path, hparams: dict, written_by: str) -> None:
-    """Raise naming what a checkpoint from another drgrade version has that this one lacks."""
-    config, preprocessing = hparams["config"], hparams.get("preprocessing")
-    problems = []
-    if not isinstance(config, dict):
-        problems.append("its config is not a mapping of options")
-    elif unknown := sorted(set(config) - set(TrainConfig.__dataclass_fields__)):
-        problems.append(f"options unknown to drgrade {__version__}: {', '.join(unknown)}")
-    missing = [key for key in ("image_size", "mean", "std")
-               if not isinstance(preprocessing, dict) or key not in preprocessing]
-    if missing:
-        problems.append(f"preprocessing lacks {', '.join(missing)}")
-    if problems:
-        raise DrgradeError(
-            f"{checkpoint}: written by another drgrade version ({'; '.join(problems)}; it "
-            f"records drgrade {written_by}): load it with the drgrade version that trained it"
-        )

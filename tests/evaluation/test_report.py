@@ -10,7 +10,7 @@ import yaml
 
 from drgrade.cli import main
 from drgrade.errors import DrgradeError
-from drgrade.evaluation.experiment import load_experiment
+from drgrade.experiment import load_experiment
 from drgrade.evaluation.report import (
     collect_runs,
     curve_data,

@@ -9,28 +9,28 @@ from torch import nn
 from torchvision.models import VisionTransformer
 
 from drgrade.cli import main
-from drgrade.config import TrainConfig
 from drgrade.data.synthetic import synthetic_fundus
 from drgrade.errors import DrgradeError
 from drgrade.inference.explain import caption, heat_maps, target_layer
-from drgrade.inference.grader import Grader, Prediction, load_grader
+from drgrade.inference.grader import Prediction, load_grader
 from drgrade.inference.predict import find_images, iter_batches, predict
+from drgrade.inference.torch_grader import TorchGrader
+from drgrade.model_card import ModelCard
 from drgrade.models import build_model
-from drgrade.training import GradingModule
+from drgrade.network import GradingNetwork
 
 SIZE = 128
 
 
-def exudate_grader() -> Grader:
+def exudate_grader() -> TorchGrader:
     """A grader whose only evidence for grade 3 is exudate yellow (green well above blue).
 
     The network is one 1x1 convolution (the feature map Grad-CAM uses), a ReLU, global
     average pooling and a linear layer, so the right heat map is known in advance.
     """
-    config = TrainConfig(data="-", image_size=SIZE).to_dict()
-    preprocessing = {"image_size": SIZE, "mean": [0.5] * 3, "std": [0.5] * 3,
-                     "prepare": {"size": SIZE, "enhance": "none"}}
-    module = GradingModule(config, preprocessing, load_pretrained=False)
+    card = ModelCard(arch="resnet18", head="classification", image_size=SIZE, mean=[0.5] * 3,
+                     std=[0.5] * 3, prepare={"size": SIZE, "enhance": "none"})
+    network = GradingNetwork.from_card(card)
     yellow, grades = nn.Conv2d(3, 1, 1), nn.Linear(1, 5)
     with torch.no_grad():
         # Inputs are (x - 0.5) / 0.5, so 0.5 * (G - B) is green minus blue in [0, 1] units.
@@ -38,8 +38,8 @@ def exudate_grader() -> Grader:
         yellow.bias.fill_(-0.3)
         grades.weight.copy_(torch.tensor([[-1.0], [0], [0], [1], [0]]))
         grades.bias.zero_()
-    module.model = nn.Sequential(yellow, nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), grades)
-    return Grader(module, "cpu")
+    network.model = nn.Sequential(yellow, nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), grades)
+    return TorchGrader(network, card, "cpu")
 
 
 def test_heat_map_lies_on_the_lesions(tmp_path):
@@ -51,8 +51,8 @@ def test_heat_map_lies_on_the_lesions(tmp_path):
         synthetic_fundus(grade, np.random.default_rng(0), (800, 600)).save(path)
         eyes[grade] = path
     grader = exudate_grader()
-    healthy, diseased = (grader.settings.tensor(eyes[g]) for g in (0, 3))
-    lesions = (diseased - healthy).abs().sum(0).numpy() > 0.3
+    healthy, diseased = (grader.preprocessor.array(eyes[g]) for g in (0, 3))
+    lesions = np.abs(diseased - healthy).sum(0) > 0.3
     [heat_map] = heat_maps(grader, diseased[None], [3])
     assert heat_map.shape == (SIZE, SIZE) and np.isfinite(heat_map).all()
     assert heat_map.min() == 0 and heat_map.max() == pytest.approx(1, abs=1e-3)
@@ -77,8 +77,8 @@ def test_target_layer_is_the_last_spatial_block():
 
 
 def test_heat_maps_of_a_trained_run(fundus_run, synthetic_photos):
-    grader = Grader.from_checkpoint(fundus_run, "cpu")
-    assert grader.settings.enhance == "ben-graham" and grader.settings.prepare_size == 96
+    grader = TorchGrader.from_checkpoint(fundus_run, "cpu")
+    assert grader.card.enhance == "ben-graham" and grader.card.prepare_size == 96
     photos = find_images([synthetic_photos])
     [batch] = iter_batches(grader, photos[:3], batch_size=3)
     maps = heat_maps(grader, batch.inputs, [p.grade for p in batch.predictions])
@@ -86,11 +86,11 @@ def test_heat_maps_of_a_trained_run(fundus_run, synthetic_photos):
     assert all(m.std() > 0.01 for m in maps), "a constant heat map says nothing"
     gradcampp = heat_maps(grader, batch.inputs, [0, 1, 2], method="gradcam++")
     assert gradcampp.shape == maps.shape and np.isfinite(gradcampp).all()
-    assert all(p.grad is None for p in grader.module.parameters())
+    assert all(p.grad is None for p in grader.network.parameters())
 
 
 def test_explain_writes_a_png_per_graded_image(fundus_run, photographs, odd_folder, tmp_path):
-    grader = Grader.from_checkpoint(fundus_run, "cpu")
+    grader = TorchGrader.from_checkpoint(fundus_run, "cpu")
     images = sorted(photographs.glob("*.jpg"))[:3] + [odd_folder / "black.png"]
     out, maps = tmp_path / "p.csv", tmp_path / "maps"
     summary = predict(grader, images, out, explain=maps, workers=0, progress=False)

@@ -11,25 +11,28 @@ from drgrade import __version__
 from drgrade.cli import main
 from drgrade.errors import DrgradeError
 from drgrade.inference import export
-from drgrade.inference.export import OnnxGrader, export_onnx
-from drgrade.inference.grader import Grader, load_grader
+from drgrade.inference.export import export_onnx
+from drgrade.inference.grader import load_grader
+from drgrade.inference.onnx_grader import OnnxGrader
 from drgrade.inference.predict import predict
+from drgrade.inference.torch_grader import TorchGrader
+from drgrade.model_card import ONNX_KEY, ModelCard
 
 
-def test_onnx_file_carries_its_preprocessing(tiny_run, onnx_model):
-    grader = Grader.from_checkpoint(tiny_run, "cpu")
+def test_onnx_file_carries_its_model_card(tiny_run, onnx_model):
+    grader = TorchGrader.from_checkpoint(tiny_run, "cpu")
     model = onnx.load(onnx_model)
     meta = {p.key: p.value for p in model.metadata_props}
     assert meta["drgrade.version"] == __version__
-    assert meta["drgrade.head"] == "classification"
-    assert json.loads(meta["drgrade.preprocessing"]) == grader.preprocessing
-    assert json.loads(meta["drgrade.grade_names"])[4] == "proliferative"
+    card = ModelCard.from_json(meta[ONNX_KEY], "test")
+    assert card == grader.card and card.head == "classification"
+    assert json.loads(meta[ONNX_KEY])["grade_names"][4] == "proliferative"
     # One file: the weights are inside, and the batch axis is free.
     assert not list(onnx_model.parent.glob("*.data"))
     dims = model.graph.input[0].type.tensor_type.shape.dim
     assert dims[0].dim_param and [d.dim_value for d in dims[1:]] == [3, 28, 28]
     onnx_grader = load_grader(onnx_model)
-    assert isinstance(onnx_grader, OnnxGrader) and onnx_grader.settings == grader.settings
+    assert isinstance(onnx_grader, OnnxGrader) and onnx_grader.card == grader.card
 
 
 def test_onnx_predictions_equal_torch(tiny_run, onnx_model, photographs, odd_folder, tmp_path):
@@ -50,7 +53,7 @@ def test_onnx_predictions_equal_torch(tiny_run, onnx_model, photographs, odd_fol
 
 
 def test_regression_export_keeps_the_cut_points(regression_run, photographs, tmp_path):
-    grader = Grader.from_checkpoint(regression_run, "cpu")
+    grader = TorchGrader.from_checkpoint(regression_run, "cpu")
     report = export_onnx(grader, tmp_path / "regression.onnx", [photographs / "IDRiD_003.jpg"])
     assert report.output == "score" and report.max_difference <= 1e-4
     assert str(report).startswith(f"exported {report.path}\nmax |onnxruntime - PyTorch| of "
@@ -58,7 +61,7 @@ def test_regression_export_keeps_the_cut_points(regression_run, photographs, tmp
     assert str(report).endswith(f"on 1 photographs ({photographs}) (tolerance 1e-04)")
     onnx_grader = OnnxGrader(report.path)
     assert onnx_grader.is_regression
-    assert onnx_grader.thresholds.tolist() == pytest.approx(grader.thresholds.tolist())
+    assert onnx_grader.card.cut_points == pytest.approx(grader.network.thresholds.tolist())
     for path in sorted(photographs.glob("*.jpg"))[:2]:
         expected, actual = grader.predict_image(path), onnx_grader.predict_image(path)
         assert actual.grade == expected.grade

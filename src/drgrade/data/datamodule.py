@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import lightning as L
 import numpy as np
@@ -13,11 +14,14 @@ from torch.utils.data import DataLoader
 from drgrade.config import TrainConfig
 from drgrade.data.dataset import GradedImages, ManifestDataset, NpzDataset
 from drgrade.data.manifest import carve_validation
+from drgrade.data.prepare import SETTINGS_FILE
 from drgrade.data.samplers import EpochSampler
 from drgrade.data.sources import read_source
-from drgrade.data.transforms import eval_transform, normalization_stats, train_transform
+from drgrade.data.transforms import normalization_stats, train_transform
 from drgrade.errors import DrgradeError
 from drgrade.grades import NUM_GRADES
+from drgrade.model_card import ModelCard
+from drgrade.preprocessing import EvalTransform
 
 TRAINABLE_LAYOUTS = ("prepared", "medmnist")
 
@@ -49,23 +53,26 @@ class GradingDataModule(L.LightningDataModule):
         """Training images per grade."""
         return np.bincount(self.grades("train"), minlength=NUM_GRADES)
 
-    def preprocessing(self) -> dict:
-        """What a raw photograph must go through to look like this data to the model.
+    def prepare_settings(self) -> dict | None:
+        """The `drgrade prepare` settings of this data (None for MedMNIST arrays)."""
+        settings_file = Path(self.manifest.source) / SETTINGS_FILE
+        return json.loads(settings_file.read_text()) if settings_file.is_file() else None
 
-        Stored in checkpoints so prediction repeats it exactly.
-        """
-        mean, std = normalization_stats(self.config)
-        settings_file = self.manifest.source / "prepare.json"
-        prepared = json.loads(settings_file.read_text()) if settings_file.is_file() else None
-        return {"image_size": self.config.image_size, "mean": list(mean), "std": list(std),
-                "prepare": prepared}
+    def model_card(self) -> ModelCard:
+        """What a raw photograph must go through to look like this data to the model, and
+        the training grades: the card a model trained on this data starts with."""
+        config = self.config
+        mean, std = normalization_stats(config)
+        return ModelCard(arch=config.arch, head=config.head, image_size=config.image_size,
+                         mean=mean, std=std, prepare=self.prepare_settings(),
+                         training_grade_counts=tuple(int(n) for n in self.class_counts()))
 
     def dataset(self, split: str, train: bool = False) -> GradedImages:
         """The images of one split with train or eval transforms."""
         if train:
             transform = train_transform(self.config)
         else:
-            transform = eval_transform(self.config.image_size, *normalization_stats(self.config))
+            transform = EvalTransform(self.config.image_size, *normalization_stats(self.config))
         if self.manifest.layout == "medmnist":
             return NpzDataset(self.manifest.source, split, self.grades(split), transform)
         return ManifestDataset(self.table[self.table["split"] == split], transform)

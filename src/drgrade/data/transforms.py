@@ -1,4 +1,5 @@
-"""Train and eval transforms as two small recipes (after torchvision's references/presets)."""
+"""The training transform (after torchvision's references/presets); the eval transform, shared
+with inference, is `drgrade.preprocessing.EvalTransform`."""
 
 from __future__ import annotations
 
@@ -24,14 +25,8 @@ def _to_normalized_tensor(mean, std) -> list:
     return [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
 
 
-def eval_transform(image_size: int, mean, std) -> v2.Compose:
-    """Resize to the network input and normalise: what evaluation and prediction apply."""
-    return v2.Compose([v2.Resize((image_size, image_size), antialias=True),
-                       *_to_normalized_tensor(mean, std)])
-
-
 def train_transform(config: TrainConfig) -> v2.Compose:
-    """Eval transform plus the configured random augmentation."""
+    """Resize (or random resized crop), the configured random augmentation, normalisation."""
     size = (config.image_size, config.image_size)
     steps: list = [
         v2.RandomResizedCrop(size, scale=(config.crop_scale, 1.0), antialias=True)

@@ -7,58 +7,52 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from drgrade.checkpoint import load_network
 from drgrade.config import TrainConfig
 from drgrade.data.datamodule import GradingDataModule
 from drgrade.errors import DrgradeError
 from drgrade.evaluation.metrics import grading_metrics
-from drgrade.evaluation.plots import plot_confusion, plot_referable_roc
-from drgrade.grades import REFERABLE_GRADE
-from drgrade.inference.grader import Grader
-from drgrade.run_folder import METRICS_FILE, resolve_checkpoint, run_of
-from drgrade.training import GradingModule, load_module
+from drgrade.inference.torch_grader import TorchGrader
+from drgrade.plots import plot_confusion, plot_referable_roc
+from drgrade.run_folder import METRICS_FILE, read_run_config, resolve_checkpoint, run_of
 
 
-def predict_outputs(module: GradingModule, loader: DataLoader, tta: bool = False,
+def predict_outputs(grader: TorchGrader, loader: DataLoader, tta: bool = False,
                     progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Per-grade probabilities (or regression scores) and true grades for every image.
 
-    The network runs as `drgrade predict` runs it (`Grader.outputs`); with `tta`, outputs
-    are averaged over the image and its horizontal, vertical and double flips.
+    The network runs as `drgrade predict` runs it (`TorchGrader.outputs`); with `tta`,
+    outputs are averaged over the image and its horizontal, vertical and double flips.
     """
-    grader = Grader(module)
     outputs, grades = [], []
     for images, batch_grades in tqdm(loader, desc="evaluating", disable=not progress):
-        outputs.append(grader.outputs(images.to(grader.device), tta).cpu())
-        grades.append(batch_grades)
-    return torch.cat(outputs).numpy(), torch.cat(grades).numpy()
+        outputs.append(grader.outputs(images.numpy(), tta))
+        grades.append(batch_grades.numpy())
+    return np.concatenate(outputs), np.concatenate(grades)
 
 
-def decode(module: GradingModule, outputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def decode(grader: TorchGrader, outputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Predicted grades and the referable score from `predict_outputs`' outputs."""
-    grades = module.decode(torch.from_numpy(outputs)).cpu().numpy()
-    if module.is_regression:
-        return grades, outputs
-    return grades, outputs[:, REFERABLE_GRADE:].sum(axis=1)
+    return grader.decode(outputs), grader.referable_score(outputs)
 
 
 def evaluate(run_or_checkpoint: Path, data: str | None = None, split: str = "test",
              tta: bool = False, out: Path | None = None, progress: bool = True) -> dict:
     """Metrics of a checkpoint on one split, written to OUT/metrics.json."""
     checkpoint = resolve_checkpoint(run_or_checkpoint)
-    module = load_module(checkpoint)
-    config = replace(TrainConfig(**module.hparams["config"]), track_test=False)
+    grader = TorchGrader(*load_network(checkpoint))
+    config = replace(TrainConfig(**read_run_config(run_of(checkpoint))), track_test=False)
     if data:
         config.data = str(data)
     datamodule = GradingDataModule(config)
     if not (datamodule.table["split"] == split).any():
         raise DrgradeError(f"{config.data}: no '{split}' images to evaluate")
     loader = datamodule.loader(datamodule.dataset(split))
-    outputs, grades = predict_outputs(module, loader, tta, progress)
-    predicted, referable_score = decode(module, outputs)
+    outputs, grades = predict_outputs(grader, loader, tta, progress)
+    predicted, referable_score = decode(grader, outputs)
     majority = int(datamodule.class_counts().argmax())
     metrics = {"checkpoint": str(checkpoint), "data": config.data, "split": split, "tta": tta,
                **grading_metrics(grades, predicted, referable_score, majority)}

@@ -16,7 +16,7 @@ import pandas as pd
 import yaml
 
 from drgrade.errors import DrgradeError
-from drgrade.evaluation.plots import plot_comparison, plot_resolution
+from drgrade.plots import plot_comparison, plot_resolution
 from drgrade.run_folder import (
     CONFIG_FILE,
     ENVIRONMENT_FILE,

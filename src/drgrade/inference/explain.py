@@ -23,8 +23,8 @@ from torchvision.models import SwinTransformer, VisionTransformer
 
 from drgrade.errors import DrgradeError
 from drgrade.grades import GRADE_NAMES
-from drgrade.inference.grader import Grader, GraderBase, Prediction
-from drgrade.inference.predict import Batch
+from drgrade.inference.grader import Batch, GraderBase, Prediction
+from drgrade.inference.torch_grader import TorchGrader
 
 CAM_METHODS = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus}
 METHOD_NAMES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++"}
@@ -82,24 +82,24 @@ class ScoreTarget:
         return output
 
 
-def heat_maps(grader: Grader, inputs: torch.Tensor, grades: Sequence[int],
+def heat_maps(grader: TorchGrader, inputs: np.ndarray, grades: Sequence[int],
               method: str = "gradcam", layer: nn.Module | None = None) -> np.ndarray:
     """(N, H, W) maps in [0, 1] of the evidence for `grades` (the score, for regression)."""
-    layer = layer or target_layer(grader.module.model, grader.settings.image_size)
+    layer = layer or target_layer(grader.network.model, grader.card.image_size)
     targets = ([ScoreTarget() for _ in grades] if grader.is_regression
                else [ClassifierOutputTarget(g) for g in grades])
-    with torch.enable_grad(), cam_method(method)(grader.module, [layer]) as cam:
-        maps = cam(input_tensor=inputs, targets=targets)
-    grader.module.zero_grad(set_to_none=True)  # the parameter gradients were only a means
+    with torch.enable_grad(), cam_method(method)(grader.network, [layer]) as cam:
+        maps = cam(input_tensor=grader.tensor(inputs), targets=targets)
+    grader.network.zero_grad(set_to_none=True)  # the parameter gradients were only a means
     return maps
 
 
-def network_view(grader: GraderBase, inputs: torch.Tensor) -> np.ndarray:
+def network_view(grader: GraderBase, inputs: np.ndarray) -> np.ndarray:
     """(N, H, W, 3) RGB in [0, 1]: network inputs with the normalisation undone."""
-    mean = torch.tensor(grader.settings.mean).view(1, 3, 1, 1)
-    std = torch.tensor(grader.settings.std).view(1, 3, 1, 1)
-    pixels = inputs.detach().float().cpu() * std + mean
-    return pixels.clamp(0, 1).permute(0, 2, 3, 1).numpy()
+    mean = np.asarray(grader.card.mean, np.float32).reshape(1, 3, 1, 1)
+    std = np.asarray(grader.card.std, np.float32).reshape(1, 3, 1, 1)
+    pixels = np.asarray(inputs, np.float32) * std + mean
+    return pixels.clip(0, 1).transpose(0, 2, 3, 1)
 
 
 def caption(prediction: Prediction, method: str = "gradcam") -> str:
@@ -128,7 +128,7 @@ def render(photo: np.ndarray, heat_map: np.ndarray, text: str) -> Image.Image:
     return sheet
 
 
-def heat_map_sheets(grader: Grader, inputs: torch.Tensor, predictions: Sequence[Prediction],
+def heat_map_sheets(grader: TorchGrader, inputs: np.ndarray, predictions: Sequence[Prediction],
                     method: str = "gradcam", layer: nn.Module | None = None) -> list[Image.Image]:
     """One sheet per graded input: the photograph beside its heat map, under a caption."""
     maps = heat_maps(grader, inputs, [p.grade for p in predictions], method, layer)
@@ -141,14 +141,14 @@ class HeatMapWriter:
     """Writes FOLDER/<image stem>.png for each graded image of a batch."""
 
     def __init__(self, grader: GraderBase, folder: Path, method: str = "gradcam"):
-        if not isinstance(grader, Grader):
+        if not grader.supports_heat_maps:
             raise DrgradeError("--explain needs the PyTorch checkpoint (heat maps need "
                                "gradients): give the run folder or .ckpt, not the .onnx file")
         cam_method(method)  # a wrong name fails before any image is graded
         self.grader = grader
         self.folder = folder
         self.method = method
-        self.layer = target_layer(grader.module.model, grader.settings.image_size)
+        self.layer = target_layer(grader.network.model, grader.card.image_size)
         self.stems: Counter = Counter()
         folder.mkdir(parents=True, exist_ok=True)
 

@@ -1,107 +1,59 @@
-"""`drgrade export`: a grader as one ONNX file that carries its own preprocessing.
+"""`drgrade export`: a grader as one ONNX file that carries its own model card.
 
-The graph maps a batch of network inputs (N, 3, S, S) to per-grade probabilities (N, 5) or
-regression scores (N,), with a dynamic batch axis. Everything else a raw photograph needs
-(fundus crop size, enhancement, normalisation, cut points) is in the model's metadata, so
-`drgrade predict model.onnx PHOTOS...` needs the .onnx file alone and onnxruntime, not the
-checkpoint.
+The graph maps a batch of network inputs (N, 3, S, S) to logits and probabilities (N, 5)
+or regression scores (N,), with a dynamic batch axis. Everything else a raw photograph
+needs (fundus crop size, enhancement, normalisation, cut points, screening threshold) is
+the model card in the file's metadata, so `drgrade predict model.onnx PHOTOS...` needs the
+.onnx file alone and onnxruntime, not the checkpoint.
 """
 
 from __future__ import annotations
 
-import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
 from drgrade import __version__
+from drgrade.atomic import partial_path, write_error
 from drgrade.errors import DrgradeError
-from drgrade.grades import GRADE_NAMES
-from drgrade.inference.grader import Grader, GraderBase
+from drgrade.inference.onnx_grader import INPUT_NAME, OnnxGrader, output_names
+from drgrade.inference.torch_grader import TorchGrader
+from drgrade.model_card import ONNX_KEY, ModelCard
 
-INPUT_NAME = "image"
 TOLERANCE = 1e-4  # largest |onnxruntime - PyTorch| difference of logits or scores accepted
 CHECK_BATCH = 8  # photographs (or random inputs) compared after export
-META = "drgrade."  # prefix of the metadata keys
 
 
 class _Outputs(nn.Module):
     """The exported computation: logits and probabilities, or the regression score."""
 
-    def __init__(self, grader: Grader):
+    def __init__(self, grader: TorchGrader):
         super().__init__()
-        self.module = grader.module
+        self.network = grader.network
 
     def forward(self, image: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        outputs = self.module(image)
-        if self.module.is_regression:
+        outputs = self.network(image)
+        if self.network.is_regression:
             return outputs
-        return outputs, self.module.probabilities(outputs)
+        return outputs, self.network.probabilities(outputs)
 
 
-def output_names(head: str) -> list[str]:
-    """Names of the graph's outputs: the raw one first, then what `Grader.forward` gives."""
-    return ["score"] if head == "regression" else ["logits", "probabilities"]
-
-
-def metadata(grader: Grader) -> dict[str, str]:
+def metadata(card: ModelCard) -> dict[str, str]:
     """What predict needs besides the graph, as ONNX metadata_props (strings)."""
-    settings = grader.settings
     return {
-        f"{META}version": __version__,
-        f"{META}arch": grader.module.config.arch,
-        f"{META}head": grader.head,
-        f"{META}thresholds": json.dumps(grader.thresholds.tolist()),
-        f"{META}grade_names": json.dumps(list(GRADE_NAMES)),
-        f"{META}preprocessing": json.dumps(grader.preprocessing),
-        f"{META}input": (f"{INPUT_NAME}: float32 (N, 3, {settings.image_size}, "
-                         f"{settings.image_size}) RGB in [0, 1] normalised by mean "
-                         f"{list(settings.mean)} and std {list(settings.std)}, after the fundus "
-                         f"crop to {settings.prepare_size} px (enhance: {settings.enhance})"),
-        f"{META}output": (
-            "score: (N,) grade score; grade = number of thresholds below it"
-            if grader.is_regression else
+        ONNX_KEY: card.to_json(),
+        "drgrade.version": __version__,
+        "drgrade.input": card.describe_input(),
+        "drgrade.output": (
+            "score: (N,) grade score; grade = number of cut points below it"
+            if card.is_regression else
             "logits: (N, 5); probabilities: (N, 5) per grade, softmax of logits"),
     }
-
-
-class OnnxGrader(GraderBase):
-    """A grader running an exported .onnx file in onnxruntime; needs no checkpoint."""
-
-    def __init__(self, path: Path | str, threads: int | None = None):
-        """`threads`: onnxruntime's intra-op threads (default: one per physical core)."""
-        import onnxruntime
-
-        path = Path(path)
-        if not path.is_file():
-            raise DrgradeError(f"{path}: ONNX model not found")
-        options = onnxruntime.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-        try:
-            self.session = onnxruntime.InferenceSession(
-                str(path), options, providers=onnxruntime.get_available_providers())
-        except Exception as error:  # onnxruntime raises its own types for corrupt files
-            raise DrgradeError(f"{path}: not a loadable ONNX model ({error})") from None
-        meta = self.session.get_modelmeta().custom_metadata_map
-        if f"{META}preprocessing" not in meta:
-            raise DrgradeError(f"{path}: no drgrade metadata (preprocessing, head); export "
-                               "the checkpoint with `drgrade export CHECKPOINT --onnx FILE`")
-        self.path = path
-        self.version = meta[f"{META}version"]
-        super().__init__(json.loads(meta[f"{META}preprocessing"]), meta[f"{META}head"],
-                         torch.tensor(json.loads(meta[f"{META}thresholds"])))
-
-    def run(self, output: str, batch: torch.Tensor) -> torch.Tensor:
-        """One named output of the graph for a batch."""
-        values = self.session.run([output], {INPUT_NAME: batch.detach().cpu().numpy()})[0]
-        return torch.from_numpy(values)
-
-    def forward(self, batch: torch.Tensor) -> torch.Tensor:
-        return self.run(output_names(self.head)[-1], batch)
 
 
 @dataclass
@@ -118,34 +70,43 @@ class ExportReport:
                 f"{self.max_difference:.2e} on {self.checked} (tolerance {TOLERANCE:.0e})")
 
 
-def check_inputs(grader: GraderBase, images: Sequence[Path]) -> tuple[torch.Tensor, str]:
+def check_inputs(grader: TorchGrader, images: Sequence[Path]) -> tuple[np.ndarray, str]:
     """Network inputs to compare on: the first usable photographs, else seeded noise."""
-    tensors, names = [], []
+    arrays, names = [], []
     for path in images:
         try:
-            tensors.append(grader.settings.tensor(path))
+            arrays.append(grader.preprocessor.array(path))
             names.append(path)
         except DrgradeError:
             continue  # a rejected photograph says nothing about the export
-        if len(tensors) == CHECK_BATCH:
+        if len(arrays) == CHECK_BATCH:
             break
-    if tensors:
-        return torch.stack(tensors), f"{len(tensors)} photographs ({names[0].parent})"
-    size = grader.settings.image_size
-    noise = torch.randn(CHECK_BATCH, 3, size, size, generator=torch.Generator().manual_seed(0))
-    return noise, f"{CHECK_BATCH} random inputs"
+    if arrays:
+        return np.stack(arrays), f"{len(arrays)} photographs ({names[0].parent})"
+    size = grader.card.image_size
+    noise = np.random.default_rng(0).standard_normal((CHECK_BATCH, 3, size, size))
+    return noise.astype(np.float32), f"{CHECK_BATCH} random inputs"
 
 
-def export_onnx(grader: Grader, out: Path | str, check_images: Sequence[Path] = ()
-                ) -> ExportReport:
-    """Write the grader to `out` as ONNX and check onnxruntime against PyTorch on it."""
-    out = Path(out)
+def _check_target(out: Path) -> None:
     if out.suffix != ".onnx":
         raise DrgradeError(f"--onnx {out}: the file name must end in .onnx")
+    if out.is_dir():
+        raise DrgradeError(f"--onnx {out}: is a folder; give a file name ending in .onnx")
+    if not out.parent.is_dir():
+        raise DrgradeError(f"--onnx {out}: the folder {out.parent} does not exist")
+
+
+def export_onnx(grader: TorchGrader, out: Path | str, check_images: Sequence[Path] = ()
+                ) -> ExportReport:
+    """Write the grader to `out` as ONNX, checked against PyTorch before it gets that name."""
+    out = Path(out)
+    _check_target(out)
     if grader.device != "cpu":
         # Compared on the CPU too: a GPU's TF32 convolutions differ by more than TOLERANCE.
-        raise ValueError("export a grader on the CPU: Grader.from_checkpoint(..., device='cpu')")
-    size = grader.settings.image_size
+        raise ValueError("export a grader on the CPU: TorchGrader.from_checkpoint(..., "
+                         "device='cpu')")
+    size = grader.card.image_size
     # A batch of 2 when tracing, so the batch axis cannot be specialised to 1.
     example = torch.zeros(2, 3, size, size)
     try:
@@ -156,21 +117,34 @@ def export_onnx(grader: Grader, out: Path | str, check_images: Sequence[Path] = 
             dynamo=True, verbose=False,
         )
     except Exception as error:  # torch.export names the operation it could not capture
-        raise DrgradeError(f"cannot export {grader.module.config.arch} to ONNX: {error}") from None
-    program.model.metadata_props.update(metadata(grader))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    program.save(out, external_data=False)  # one self-contained file
+        raise DrgradeError(f"cannot export {grader.card.arch} to ONNX: {error}") from None
+    program.model.metadata_props.update(metadata(grader.card))
+    partial = partial_path(out)
+    try:
+        program.save(partial, external_data=False)  # one self-contained file
+        report = _compare(grader, partial, out, check_images)
+        os.replace(partial, out)
+    except OSError as error:
+        raise write_error(out, error) from None
+    finally:
+        partial.unlink(missing_ok=True)
+    return report
+
+
+def _compare(grader: TorchGrader, written: Path, out: Path, check_images: Sequence[Path]
+             ) -> ExportReport:
+    """onnxruntime on the written file against PyTorch; an error if they differ."""
     inputs, checked = check_inputs(grader, check_images)
     with torch.no_grad():
-        expected = grader.module(inputs)  # logits, not probabilities: softmax hides errors
+        # Logits, not probabilities: softmax hides errors.
+        expected = grader.network(grader.tensor(inputs)).numpy()
     output = output_names(grader.head)[0]
-    actual = OnnxGrader(out).run(output, inputs)
-    difference = float((actual - expected).abs().max())
+    actual = OnnxGrader(written).run(output, inputs)
+    difference = float(np.abs(actual - expected).max())
     if not difference <= TOLERANCE:  # also catches NaN
-        out.unlink()
         raise DrgradeError(
             f"{out}: onnxruntime's {output} differ from PyTorch's by {difference:.2e} "
-            f"(> {TOLERANCE:.0e}) "
-            f"on {checked}; the file was removed. Try another torch/onnxruntime version"
+            f"(> {TOLERANCE:.0e}) on {checked}; the file was removed, nothing is left at "
+            f"{out}. Try another torch/onnxruntime version"
         )
     return ExportReport(out, output, difference, checked)

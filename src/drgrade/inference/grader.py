@@ -1,27 +1,29 @@
-"""A trained model together with the exact preprocessing it was trained with."""
+"""The inference runtime: a trained network behind its model card, in numpy.
+
+`GraderBase` does what every model needs (the card's preprocessing, flip TTA, decoding,
+predictions); `TorchGrader` (torch_grader.py) runs a checkpoint in PyTorch and
+`OnnxGrader` (onnx_grader.py) an exported .onnx file in onnxruntime. This module imports
+neither torch nor Lightning, so the ONNX path needs neither.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-from functools import cached_property
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
-import torch
 from PIL import Image
 
-from drgrade.data.fundus import RejectedImage, preprocess
-from drgrade.data.transforms import eval_transform
+from drgrade.data.fundus import RejectedImage
 from drgrade.errors import DrgradeError
 from drgrade.grades import GRADE_NAMES, REFERABLE_GRADE
-from drgrade.models import decode_grades
-from drgrade.run_folder import resolve_checkpoint
-from drgrade.training import GradingModule, load_module
+from drgrade.model_card import ModelCard
+from drgrade.operating_points import decode_scores
+from drgrade.preprocessing import Preprocessor
 
-# Flip-TTA views: the image and its horizontal, vertical and double flips (NCHW dims).
-TTA_FLIPS = ([], [3], [2], [2, 3])
+# Flip-TTA views: the image and its horizontal, vertical and double flips (NCHW axes).
+TTA_FLIPS = ((), (3,), (2,), (2, 3))
 
 
 @dataclass
@@ -43,85 +45,65 @@ class Prediction:
         return None if self.grade is None else self.grade >= REFERABLE_GRADE
 
 
-@dataclass(frozen=True)
-class Preprocessing:
-    """What a raw photograph goes through before the network, as recorded at training."""
+@dataclass
+class Batch:
+    """One batch of predictions; `inputs` holds the network inputs of the graded ones."""
 
-    prepare_size: int  # side of the fundus square that `drgrade prepare` cached
-    enhance: str  # `drgrade prepare --enhance`
-    image_size: int  # network input side
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-
-    @classmethod
-    def from_settings(cls, settings: dict) -> Preprocessing:
-        """From the `preprocessing` hyperparameters of a checkpoint."""
-        prepared = settings.get("prepare") or {}
-        # Data never prepared (MedMNIST arrays) is fed at the network size, uncropped.
-        return cls(int(prepared.get("size", settings["image_size"])),
-                   prepared.get("enhance", "none"), int(settings["image_size"]),
-                   tuple(settings["mean"]), tuple(settings["std"]))
-
-    @cached_property
-    def transform(self) -> Callable[[Image.Image], torch.Tensor]:
-        """Preprocessed image -> normalised network input tensor (C, H, W)."""
-        return eval_transform(self.image_size, self.mean, self.std)
-
-    def load(self, path: Path | str | BinaryIO) -> Image.Image:
-        """The photograph (a file, or an open binary one) as training saw it; `RejectedImage`
-        says why it cannot be."""
-        return preprocess(path, self.prepare_size, self.enhance)
-
-    def tensor(self, path: Path | str) -> torch.Tensor:
-        """The network input (C, H, W) of a photograph; `RejectedImage` if unusable."""
-        return self.transform(self.load(path))
+    predictions: list[Prediction]
+    inputs: np.ndarray | None = None
+    graded: list[int] = field(default_factory=list)  # positions in `predictions` with inputs
 
 
 class GraderBase:
-    """Preprocessing, flip TTA and decoding around a network; subclasses run the network.
-
-    `Grader` runs a checkpoint in PyTorch, `OnnxGrader` (export.py) an exported .onnx file.
-    """
+    """Preprocessing, flip TTA and decoding around a network; subclasses run the network."""
 
     device = "cpu"
+    supports_heat_maps = False  # heat maps need gradients: only the PyTorch grader has them
 
-    def __init__(self, preprocessing: dict, head: str, thresholds: torch.Tensor):
-        self.preprocessing = preprocessing
-        self.settings = Preprocessing.from_settings(preprocessing)
-        self.head = head
-        self.thresholds = thresholds.detach().cpu()
+    def __init__(self, card: ModelCard):
+        self.card = card
+        self.preprocessor = Preprocessor(card)
+
+    @property
+    def head(self) -> str:
+        return self.card.head
 
     @property
     def is_regression(self) -> bool:
-        return self.head == "regression"
+        return self.card.is_regression
 
-    def forward(self, batch: torch.Tensor) -> torch.Tensor:
-        """Probabilities (N, 5) or scores (N,) of one view of a batch."""
+    def forward(self, batch: np.ndarray) -> np.ndarray:
+        """Probabilities (N, 5) or scores (N,) of one view of a batch (N, 3, S, S)."""
         raise NotImplementedError
 
-    def load(self, path: Path | str | BinaryIO) -> Image.Image:
+    def load(self, source: Path | str | BinaryIO) -> Image.Image:
         """The photograph as training saw it; `RejectedImage` says why it cannot be."""
-        return self.settings.load(path)
+        return self.preprocessor.load(source)
 
-    def to_batch(self, images: list[Image.Image]) -> torch.Tensor:
-        """Network input for preprocessed images."""
-        return torch.stack([self.settings.transform(image) for image in images]).to(self.device)
+    def to_batch(self, images: list[Image.Image]) -> np.ndarray:
+        """Network input (N, 3, S, S) for preprocessed images."""
+        return np.stack([self.preprocessor.transform(image) for image in images])
 
-    @torch.no_grad()
-    def outputs(self, batch: torch.Tensor, tta: bool = False) -> torch.Tensor:
+    def outputs(self, batch: np.ndarray, tta: bool = False) -> np.ndarray:
         """Per-grade probabilities (N, 5) or regression scores (N,), optionally flip-averaged."""
-        views = [self.forward(batch.flip(dims) if dims else batch)
-                 for dims in (TTA_FLIPS if tta else TTA_FLIPS[:1])]
-        return torch.stack(views).mean(0)
+        views = [self.forward(np.ascontiguousarray(np.flip(batch, axes)) if axes else batch)
+                 for axes in (TTA_FLIPS if tta else TTA_FLIPS[:1])]
+        return np.mean(views, axis=0)
 
-    def decode(self, outputs: torch.Tensor) -> torch.Tensor:
-        """Grades 0-4 from `outputs`: argmax of probabilities, or scores through the cut points."""
-        return decode_grades(outputs, self.head, self.thresholds)
+    def decode(self, outputs: np.ndarray) -> np.ndarray:
+        """Grades 0-4: argmax of probabilities, or scores through the card's cut points."""
+        if self.is_regression:
+            return decode_scores(outputs, self.card.cut_points)
+        return np.argmax(outputs, axis=1)
 
-    def predictions(self, names: list[str], outputs: torch.Tensor) -> list[Prediction]:
+    def referable_score(self, outputs: np.ndarray) -> np.ndarray:
+        """Grows with the chance of referable DR: P(grade >= 2), or the regression score."""
+        return outputs if self.is_regression else outputs[:, REFERABLE_GRADE:].sum(axis=1)
+
+    def predictions(self, names: list[str], outputs: np.ndarray) -> list[Prediction]:
         """Predictions from `outputs` of the images `names`."""
         grades = self.decode(outputs).tolist()
-        values = outputs.cpu().numpy().astype(np.float64)
+        values = np.asarray(outputs, dtype=np.float64)
         if self.is_regression:
             return [Prediction(n, g, score=float(v)) for n, g, v in zip(names, grades, values,
                                                                          strict=True)]
@@ -137,29 +119,6 @@ class GraderBase:
         return self.predictions([str(path)], self.outputs(self.to_batch([image]), tta))[0]
 
 
-class Grader(GraderBase):
-    """Grades raw photographs exactly as the model's training data was prepared.
-
-    The checkpoint records the `drgrade prepare` settings (fundus crop, size, Ben Graham
-    enhancement) and the network input (size, normalisation); nothing is left to the user.
-    """
-
-    def __init__(self, module: GradingModule, device: str | None = None):
-        super().__init__(module.hparams["preprocessing"], module.config.head, module.thresholds)
-        self.module = module.eval()
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.module.to(self.device)
-
-    @classmethod
-    def from_checkpoint(cls, checkpoint: Path | str, device: str | None = None) -> Grader:
-        """A grader from a drgrade checkpoint (or a run folder: its best checkpoint)."""
-
-        return cls(load_module(resolve_checkpoint(Path(checkpoint))), device)
-
-    def forward(self, batch: torch.Tensor) -> torch.Tensor:
-        return self.module.probabilities(self.module(batch))
-
-
 def failure_reason(error: Exception) -> str:
     """The error column's text for a photograph that could not be graded."""
     if isinstance(error, RejectedImage):
@@ -169,10 +128,20 @@ def failure_reason(error: Exception) -> str:
     return f"unexpected error ({type(error).__name__}: {error})"
 
 
+def is_onnx(model: Path | str) -> bool:
+    """Whether `model` names an exported ONNX file (else a run folder or a checkpoint)."""
+    return Path(model).suffix.lower() == ".onnx"
+
+
 def load_grader(model: Path | str, device: str | None = None) -> GraderBase:
-    """A grader from a run folder, a .ckpt, or an .onnx file written by `drgrade export`."""
-    if Path(model).suffix.lower() == ".onnx":
-        from drgrade.inference.export import OnnxGrader
+    """A grader from a run folder, a .ckpt, or an .onnx file written by `drgrade export`.
+
+    Only the PyTorch path imports torch.
+    """
+    if is_onnx(model):
+        from drgrade.inference.onnx_grader import OnnxGrader
 
         return OnnxGrader(model)
-    return Grader.from_checkpoint(model, device)
+    from drgrade.inference.torch_grader import TorchGrader
+
+    return TorchGrader.from_checkpoint(model, device)

@@ -1,30 +1,31 @@
 """`drgrade predict`: grade raw photographs in batches into a CSV, optionally with heat maps.
 
-Photographs are decoded and cropped (about 30 ms each at 512 px) in DataLoader worker
-processes while the model grades the batch before: that takes decoding off the critical
+Photographs are decoded and cropped (about 30 ms each at 512 px) in `--workers` processes
+while the model grades the batch before: that takes decoding off the critical
 path when the model runs on a GPU. On a 2-core CPU the model dominates and workers neither
 help nor hurt (benchmarks/RESULTS.md). Unusable files become rows with the reason in
-`error`; the run goes on.
+`error`; the run goes on. Nothing here imports torch: an ONNX model grades without it.
 """
 
 from __future__ import annotations
 
 import csv
+import multiprocessing
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
-import torch
-from torch.utils.data import DataLoader, Dataset
+import numpy as np
 from tqdm import tqdm
 
+from drgrade.atomic import atomic_write
 from drgrade.data.fundus import IMAGE_SUFFIXES
 from drgrade.errors import DrgradeError
 from drgrade.grades import GRADE_NAMES, NUM_GRADES
-from drgrade.inference.grader import GraderBase, Prediction, Preprocessing, failure_reason
-
-PARTIAL_SUFFIX = ".partial"
+from drgrade.inference.grader import Batch, GraderBase, Prediction, failure_reason
+from drgrade.preprocessing import Preprocessor
 
 
 def find_images(paths: Sequence[Path | str]) -> list[Path]:
@@ -44,51 +45,48 @@ def find_images(paths: Sequence[Path | str]) -> list[Path]:
     return list(found)
 
 
-class Photographs(Dataset):
-    """Network inputs of photographs: (index, tensor, None), or (index, None, reason)."""
-
-    def __init__(self, paths: list[Path], preprocessing: Preprocessing):
-        self.paths = paths
-        self.preprocessing = preprocessing
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str | None]:
-        try:
-            return index, self.preprocessing.tensor(self.paths[index]), None
-        except Exception as error:  # one odd file must not stop a long run; it is listed
-            return index, None, failure_reason(error)
+def load_input(preprocessor: Preprocessor, path: Path) -> tuple[np.ndarray | None, str | None]:
+    """The network input of one photograph, or the reason it cannot be graded."""
+    try:
+        return preprocessor.array(path), None
+    except Exception as error:  # one odd file must not stop a long run; it is listed
+        return None, failure_reason(error)
 
 
-def _keep_as_list(items: list) -> list:
-    # Failed images have no tensor, so batches are split into good and failed by hand.
-    return items
-
-
-@dataclass
-class Batch:
-    """One batch of predictions; `inputs` holds the network inputs of the graded ones."""
-
-    predictions: list[Prediction]
-    inputs: torch.Tensor | None = None
-    graded: list[int] = field(default_factory=list)  # positions in `predictions` with inputs
+def _loaded(preprocessor: Preprocessor, images: list[Path], batch_size: int, workers: int
+            ) -> Iterator[list[tuple[np.ndarray | None, str | None]]]:
+    """Loaded inputs batch by batch; with workers, the next batch loads while this one is
+    graded (one batch ahead, so memory stays bounded on any archive)."""
+    load = partial(load_input, preprocessor)
+    batches = [images[i:i + batch_size] for i in range(0, len(images), batch_size)]
+    if workers == 0:
+        yield from ([load(path) for path in batch] for batch in batches)
+        return
+    # spawn, not fork: the parent may hold threads (onnxruntime, torch) that fork would copy.
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        pending = pool.map_async(load, batches[0])
+        for k in range(len(batches)):
+            loaded = pending.get()
+            if k + 1 < len(batches):
+                pending = pool.map_async(load, batches[k + 1])
+            yield loaded
 
 
 def iter_batches(grader: GraderBase, images: list[Path], batch_size: int = 16,
                  tta: bool = False, workers: int = 0) -> Iterator[Batch]:
     """Predictions batch by batch, in the order of `images`."""
-    loader = DataLoader(Photographs(images, grader.settings), batch_size=batch_size,
-                        num_workers=workers, collate_fn=_keep_as_list)
-    for items in loader:
-        predictions = [Prediction(str(images[i]), error=error) for i, _, error in items]
-        graded = [k for k, (_, tensor, _) in enumerate(items) if tensor is not None]
+    start = 0
+    for items in _loaded(grader.preprocessor, images, batch_size, workers):
+        names = [str(path) for path in images[start:start + len(items)]]
+        start += len(items)
+        predictions = [Prediction(name, error=error) for name, (_, error) in zip(names, items,
+                                                                                 strict=True)]
+        graded = [k for k, (array, _) in enumerate(items) if array is not None]
         if not graded:
             yield Batch(predictions)
             continue
-        inputs = torch.stack([items[k][1] for k in graded]).to(grader.device)
-        results = grader.predictions([predictions[k].image for k in graded],
-                                     grader.outputs(inputs, tta))
+        inputs = np.stack([items[k][0] for k in graded])
+        results = grader.predictions([names[k] for k in graded], grader.outputs(inputs, tta))
         for k, result in zip(graded, results, strict=True):
             predictions[k] = result
         yield Batch(predictions, inputs, graded)
@@ -162,6 +160,8 @@ def predict(grader: GraderBase, paths: Sequence[Path | str], out: Path | str,
     """
     if batch_size < 1:
         raise DrgradeError(f"--batch-size must be at least 1, got {batch_size}")
+    if workers < 0:
+        raise DrgradeError(f"--workers must be 0 (load in this process) or more, got {workers}")
     images = find_images(paths)
     if kaggle:
         _check_kaggle_ids(images)
@@ -172,12 +172,11 @@ def predict(grader: GraderBase, paths: Sequence[Path | str], out: Path | str,
         heat_map_writer = HeatMapWriter(grader, Path(explain), explain_method)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    # Rows go to a partial file as they come; only a finished run gets the real name.
-    partial = out.with_name(out.name + PARTIAL_SUFFIX)
     summary = PredictSummary(out, heat_maps=Path(explain) if explain is not None else None,
                              kaggle=kaggle)
     # disable=None: a progress bar on a terminal, none in a log file.
-    with partial.open("w", newline="") as handle, tqdm(
+    # Rows go to a temporary file as they come; only a finished run gets the real name.
+    with atomic_write(out, "w", newline="") as handle, tqdm(
             total=len(images), desc="predict", unit="img",
             disable=None if progress else True) as bar:
         writer = csv.writer(handle)
@@ -196,5 +195,4 @@ def predict(grader: GraderBase, paths: Sequence[Path | str], out: Path | str,
                 writer.writerow(csv_row(p, grader.is_regression, kaggle, heat_map))
             handle.flush()
             bar.update(len(batch.predictions))
-    partial.replace(out)
     return summary
