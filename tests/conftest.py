@@ -32,3 +32,36 @@ def tiny_run(shared_data, tmp_path_factory) -> Path:
         "lr": 2e-3, "num_workers": 0, "accelerator": "cpu", "devices": "1",
     })
     return train(config, progress=False)
+
+
+def write_idrid_csv(path: Path, rows: list[tuple[str, int, str]]) -> None:
+    """A label CSV byte for byte in IDRiD's format: 'edema ' with its trailing space, nine
+    empty columns on every row, and empty rows at the end."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = ["Image name,Retinopathy grade,Risk of macular edema " + "," * 9]
+    lines += [f"{name},{grade},{risk}" + "," * 9 for name, grade, risk in rows]
+    lines += ["," * 11] * 3
+    path.write_text("\n".join(lines) + "\n")
+
+
+@pytest.fixture(scope="session")
+def idrid_release(shared_data, tmp_path_factory) -> Path:
+    """IDRiD's 'B. Disease Grading' release folder from real photographs: 40 training and
+    20 testing images whose names (IDRiD_001..020) repeat training names but are other
+    photographs, with label CSVs in IDRiD's exact format."""
+    import csv
+
+    from drgrade.data.sources import IDRID_RELEASE, IDRID_SETS
+
+    real = shared_data / "idrid-train"
+    with (real / "train.csv").open(newline="") as handle:
+        grades = {r[0]: (int(r[1]), r[2]) for r in list(csv.reader(handle))[1:] if r and r[0]}
+    release = tmp_path_factory.mktemp("idrid") / IDRID_RELEASE
+    chosen = {"train": [(f"IDRiD_{i:03d}", f"IDRiD_{i:03d}") for i in range(1, 41)],
+              "test": [(f"IDRiD_{i:03d}", f"IDRiD_{100 + i:03d}") for i in range(1, 21)]}
+    for split, (image_dir, labels) in IDRID_SETS.items():
+        (release / image_dir).mkdir(parents=True)
+        for name, photograph in chosen[split]:
+            os.symlink(real / "images" / f"{photograph}.jpg", release / image_dir / f"{name}.jpg")
+        write_idrid_csv(release / labels, [(name, *grades[photo]) for name, photo in chosen[split]])
+    return release

@@ -5,6 +5,8 @@
     RUN/log.csv            one row per epoch: losses, accuracy, kappa, learning rate
     RUN/checkpoints/       best.ckpt (best validation kappa, weights only) and last.ckpt
                            (the full training state, for --resume)
+    RUN/metrics.json       the test split's metrics (`drgrade evaluate`), predictions.csv
+    RUN/evaluations/NAME/  the same for each other dataset the run was evaluated on
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ CHECKPOINT_DIR = "checkpoints"
 BEST_CHECKPOINT = "best.ckpt"
 LAST_CHECKPOINT = "last.ckpt"
 METRICS_FILE = "metrics.json"  # written by `drgrade evaluate` (the run's test metrics)
+PREDICTIONS_FILE = "predictions.csv"  # one row per scored image, beside metrics.json
+EVALUATIONS_DIR = "evaluations"  # RUN/evaluations/NAME: the run scored on other datasets
 PLAN_FILE = "experiment.yaml"  # an experiment folder's plan: its cells, one run folder each
 
 

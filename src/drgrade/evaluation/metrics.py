@@ -1,27 +1,25 @@
-"""Grading metrics from scikit-learn, with the baselines that keep accuracy honest."""
+"""Grading metrics, with the baselines that keep accuracy honest, and their printed table."""
 
 from __future__ import annotations
 
 import math
-import warnings
 
 import numpy as np
-from sklearn.exceptions import UndefinedMetricWarning
 from sklearn.metrics import (
     accuracy_score,
-    cohen_kappa_score,
     confusion_matrix,
     precision_recall_fscore_support,
     roc_auc_score,
-    roc_curve,
 )
 
+from drgrade.agreement import kappa
 from drgrade.grades import GRADE_NAMES, NUM_GRADES, REFERABLE_GRADE
+from drgrade.operating_points import TARGET_SENSITIVITY, screening_threshold
 
 GRADES = list(range(NUM_GRADES))
-# The screening operating point: the highest threshold that still finds this share of
-# referable eyes.
-TARGET_SENSITIVITY = 0.90
+# The metrics that get a bootstrap confidence interval in metrics.json and the report.
+INTERVAL_METRICS = ("accuracy", "quadratic_weighted_kappa", "macro_f1", "referable_sensitivity",
+                    "referable_specificity", "referable_auc")
 
 
 def _defined(value: float) -> float | None:
@@ -40,16 +38,13 @@ def grading_metrics(grades: np.ndarray, predicted: np.ndarray, referable_score: 
     precision, recall, f1, support = precision_recall_fscore_support(
         grades, predicted, labels=GRADES, zero_division=0)
     present = support > 0
-    with np.errstate(all="ignore"), warnings.catch_warnings():
-        # Undefined (one grade only) comes back as NaN and is reported as None.
-        warnings.simplefilter("ignore", UndefinedMetricWarning)
-        kappa = cohen_kappa_score(grades, predicted, labels=GRADES, weights="quadratic")
     return {
         "n_images": int(len(grades)),
         "accuracy": float(accuracy_score(grades, predicted)),
         "majority_grade": int(majority_grade),
         "majority_accuracy": float(np.mean(grades == majority_grade)),
-        "quadratic_weighted_kappa": _defined(kappa),
+        # Undefined (one grade only on both sides) is reported as None.
+        "quadratic_weighted_kappa": _defined(kappa(grades, predicted)),
         # Macro over the grades that occur: an absent grade has no recall to average.
         "macro_f1": float(f1[present].mean()) if present.any() else None,
         **referable_metrics(grades, predicted, referable_score),
@@ -63,7 +58,9 @@ def grading_metrics(grades: np.ndarray, predicted: np.ndarray, referable_score: 
 
 
 def referable_metrics(grades: np.ndarray, predicted: np.ndarray, score: np.ndarray) -> dict:
-    """Referable DR (grade >= 2): at the model's decision and at the screening point."""
+    """Referable DR (grade >= 2) at the model's decision, and a read-out of this split's ROC:
+    the operating point reaching the target sensitivity here (for the ROC figure; the
+    threshold a programme would use is fixed on validation, `validation_threshold`)."""
     truth = grades >= REFERABLE_GRADE
     flagged = predicted >= REFERABLE_GRADE
     both_present = truth.any() and (~truth).any()
@@ -75,11 +72,11 @@ def referable_metrics(grades: np.ndarray, predicted: np.ndarray, score: np.ndarr
         "screening_point": None,
     }
     if both_present:
-        false_pos, true_pos, thresholds = roc_curve(truth, score)
-        first = int(np.argmax(true_pos >= TARGET_SENSITIVITY))
+        threshold = screening_threshold(grades, score, TARGET_SENSITIVITY)
         result["screening_point"] = {
-            "target_sensitivity": TARGET_SENSITIVITY, "threshold": float(thresholds[first]),
-            "sensitivity": float(true_pos[first]), "specificity": float(1 - false_pos[first]),
+            "target_sensitivity": TARGET_SENSITIVITY, "threshold": threshold,
+            "sensitivity": float((score[truth] >= threshold).mean()),
+            "specificity": float((score[~truth] < threshold).mean()),
         }
     return result
 
@@ -90,14 +87,43 @@ def _fmt(value: float | None, percent: bool = False) -> str:
     return f"{100 * value:.2f}%" if percent else f"{value:.3f}"
 
 
+def _ci(interval: dict | None, percent: bool = False) -> str:
+    """`0.731 [0.702, 0.760]` from an {estimate, low, high} mapping."""
+    if not interval or interval.get("estimate") is None:
+        return "n/a"
+    low, high = interval["low"], interval["high"]
+    bounds = f" [{_fmt(low, percent)}, {_fmt(high, percent)}]" if low is not None else ""
+    return _fmt(interval["estimate"], percent) + bounds
+
+
 def metrics_table(metrics: dict) -> str:
-    """The metrics as a readable text table, the baseline beside the accuracy."""
-    lines = [
-        f"images: {metrics['n_images']:,}",
-        f"accuracy: {_fmt(metrics['accuracy'], True)}   (majority baseline, always grade "
+    """The metrics as a readable text table: 95% intervals where computed, the baseline
+    beside the accuracy, the screening threshold fixed on validation, patients, calibration."""
+    intervals = metrics.get("intervals") or {}
+
+    def value(name: str, percent: bool = False) -> str:
+        if name in intervals:
+            return _ci(intervals[name], percent)
+        return _fmt(metrics[name], percent)
+
+    unreadable = metrics.get("n_unreadable")
+    lines = [f"images: {metrics['n_images']:,}" + (
+        f" scored, {unreadable:,} unreadable (rows in predictions.csv)" if unreadable else "")]
+    if "bootstrap" in metrics:
+        boot = metrics["bootstrap"]
+        lines.append(f"[95% bootstrap intervals, {boot['resamples']:,} resamples of "
+                     f"{boot['unit']}, seed {boot['seed']}]")
+    lines += [
+        f"accuracy: {value('accuracy', True)}   (majority baseline, always grade "
         f"{metrics['majority_grade']}: {_fmt(metrics['majority_accuracy'], True)})",
-        f"quadratic weighted kappa: {_fmt(metrics['quadratic_weighted_kappa'])}",
-        f"macro F1: {_fmt(metrics['macro_f1'])}",
+    ]
+    if "data_majority_grade" in metrics:
+        lines.append(f"  (grade {metrics['majority_grade']} is the training data's majority; "
+                     f"this data's own, grade {metrics['data_majority_grade']}, scores "
+                     f"{_fmt(metrics['data_majority_accuracy'], True)})")
+    lines += [
+        f"quadratic weighted kappa: {value('quadratic_weighted_kappa')}",
+        f"macro F1: {value('macro_f1')}",
         "",
         f"  {'grade':<18}{'precision':>10}{'recall':>10}{'F1':>10}{'images':>10}",
     ]
@@ -107,13 +133,34 @@ def metrics_table(metrics: dict) -> str:
     lines += [
         "",
         f"referable DR (grade >= 2), prevalence {_fmt(metrics['referable_prevalence'], True)}:",
-        f"  at the model's grade: sensitivity {_fmt(metrics['referable_sensitivity'])}, "
-        f"specificity {_fmt(metrics['referable_specificity'])}",
-        f"  ROC AUC: {_fmt(metrics['referable_auc'])}",
+        f"  at the model's grade: sensitivity {value('referable_sensitivity')}, "
+        f"specificity {value('referable_specificity')}",
+        f"  ROC AUC: {value('referable_auc')}",
     ]
+    fixed = metrics.get("validation_threshold")
+    if fixed:
+        lines.append(f"  at the threshold fixed on validation ({fixed['threshold']:.4g}, for "
+                     f"sensitivity >= {fixed['target_sensitivity']:.2f} there): sensitivity "
+                     f"{_ci(fixed['sensitivity'])}, specificity {_ci(fixed['specificity'])}")
     point = metrics["screening_point"]
     if point:
-        lines.append(f"  at sensitivity >= {point['target_sensitivity']:.2f}: sensitivity "
-                     f"{point['sensitivity']:.3f}, specificity {point['specificity']:.3f} "
-                     f"(score threshold {point['threshold']:.4g})")
+        lines.append(f"  specificity at {point['target_sensitivity']:.0%} sensitivity on this "
+                     f"split (ROC read-out): sensitivity {point['sensitivity']:.3f}, "
+                     f"specificity {point['specificity']:.3f} (score threshold "
+                     f"{point['threshold']:.4g})")
+    patients = metrics.get("patient_level")
+    if patients:
+        lines.append(f"  per patient ({patients['n_patients']:,}; referable if either eye is): "
+                     f"sensitivity {_ci(patients['referable_sensitivity'])}, specificity "
+                     f"{_ci(patients['referable_specificity'])}, AUC "
+                     f"{_ci(patients['referable_auc'])}")
+        if "threshold_sensitivity" in patients:
+            lines.append(f"    at the validation threshold: sensitivity "
+                         f"{_ci(patients['threshold_sensitivity'])}, specificity "
+                         f"{_ci(patients['threshold_specificity'])}")
+    calibration = metrics.get("calibration")
+    if calibration:
+        lines += ["", f"calibration: expected calibration error "
+                      f"{calibration['expected_calibration_error']:.3f}, Brier score "
+                      f"{calibration['brier_score']:.3f}"]
     return "\n".join(lines)
