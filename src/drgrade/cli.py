@@ -16,6 +16,10 @@ from drgrade.errors import DrgradeError
 
 def _add_source_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", type=Path, help="dataset folder, npz file or prepared folder")
+    _add_layout_options(parser)
+
+
+def _add_layout_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--format", default="auto",
         help="layout: lab, eyepacs, aptos, idrid, ddr, messidor2, folders, medmnist, "
@@ -41,13 +45,18 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def cmd_prepare(args: argparse.Namespace) -> int:
     """Crop, resize and cache a dataset into --out."""
-    from drgrade.data.manifest import assign_splits
-    from drgrade.data.prepare import prepare_dataset
+    from drgrade.data.manifest import ALL_TEST, assign_splits, check_fractions
+    from drgrade.data.prepare import check_options, prepare_dataset
 
+    test_fraction = ALL_TEST if args.all_test else args.test_fraction
+    # Wrong options fail now, not after reading a large dataset.
+    check_options(args.size, args.enhance, args.image_format, args.workers)
+    check_fractions(args.val_fraction, test_fraction)
     manifest = _read(args).require_images(args.allow_missing)
     for warning in manifest.warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    manifest.table = assign_splits(manifest.table, args.val_fraction, args.test_fraction, args.seed)
+    manifest.table = assign_splits(manifest.table, args.val_fraction, test_fraction, args.seed,
+                                   args.split_from)
     result = prepare_dataset(
         manifest, args.out, size=args.size, enhance=args.enhance, workers=args.workers,
         image_format=args.image_format,
@@ -87,14 +96,32 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     """Score a run's best checkpoint (or a checkpoint) on one split."""
     from drgrade.evaluation.evaluate import evaluate
     from drgrade.evaluation.metrics import metrics_table
-    from drgrade.run_folder import METRICS_FILE, resolve_checkpoint, run_of
+    from drgrade.run_folder import METRICS_FILE, PREDICTIONS_FILE
 
-    out = args.out or run_of(resolve_checkpoint(args.checkpoint))
-    metrics = evaluate(args.checkpoint, args.data, args.split, args.tta, out)
+    if args.resamples < 1:
+        raise DrgradeError(f"--resamples must be at least 1, got {args.resamples}")
+    metrics = evaluate(args.checkpoint, args.data, args.split, args.tta, args.out,
+                       layout=args.format, labels=args.labels, images=args.images,
+                       cache=args.cache, batch_size=args.batch_size, workers=args.workers,
+                       resamples=args.resamples, seed=args.seed)
+    out = Path(metrics["out"])
     print(f"{metrics['checkpoint']} on the {args.split} split of {metrics['data']}"
           f"{' (flip TTA)' if args.tta else ''}:")
     print(metrics_table(metrics))
-    print(f"\nwritten: {Path(out) / METRICS_FILE} and figures in {Path(out) / 'figures'}")
+    print(f"\nwritten: {out / METRICS_FILE}, {out / PREDICTIONS_FILE} and figures in "
+          f"{out / 'figures'}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Paired comparison of two evaluations of the same images: B - A with its interval."""
+    from drgrade.evaluation.compare import run_compare
+
+    comparison = run_compare(args.a, args.b, args.split, args.data, args.resamples, args.seed,
+                             args.out)
+    print("\n".join(comparison.lines()))
+    if args.out:
+        print(f"\nwritten: {args.out}")
     return 0
 
 
@@ -113,8 +140,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_experiment(args: argparse.Namespace) -> int:
     """Run a grid of trainings, then write the report."""
     from drgrade.config import config_overrides
-    from drgrade.evaluation.experiment import run_experiment
     from drgrade.evaluation.report import write_report
+    from drgrade.experiment import run_experiment
 
     # --out is the experiment's folder here; each cell gets its own run folder inside it.
     overrides = {k: v for k, v in config_overrides(args).items()
@@ -150,10 +177,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     """Export a checkpoint to ONNX and check onnxruntime against PyTorch."""
     from drgrade.inference.export import export_onnx
-    from drgrade.inference.grader import Grader
     from drgrade.inference.predict import find_images
+    from drgrade.inference.torch_grader import TorchGrader
 
-    grader = Grader.from_checkpoint(args.checkpoint, device="cpu")
+    grader = TorchGrader.from_checkpoint(args.checkpoint, device="cpu")
     images = find_images(args.check_images) if args.check_images else []
     print(export_onnx(grader, args.onnx, images))
     return 0
@@ -164,7 +191,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from drgrade.serve.app import serve
 
     try:
-        serve(args.model, args.host, args.port, args.max_upload_mb, args.explain_method)
+        serve(args.model, args.host, args.port, args.max_upload_mb, args.explain_method,
+              args.allowed_host, args.max_concurrent, args.read_timeout)
     except KeyboardInterrupt:
         pass  # Ctrl+C is how a server is meant to stop
     print("drgrade serve: stopped")
@@ -220,10 +248,20 @@ def build_parser() -> argparse.ArgumentParser:
                          help="cached image format: jpg (quality 95, 4:4:4) or png")
     prepare.add_argument("--allow-missing", action="store_true",
                          help="go on with the listed images that exist, reporting the rest")
+    from drgrade.data.manifest import SPLIT_FROM  # light: pandas loads only when used
+
+    prepare.add_argument("--split-from", choices=SPLIT_FROM, default=SPLIT_FROM[0],
+                         help="official: keep the train/val/test split the layout ships "
+                              "(IDRiD and EyePACS releases, DDR, MedMNIST, the lab's) and "
+                              "split only images without one; random: a new split for all")
     prepare.add_argument("--val-fraction", type=float, default=0.1,
                          help="share of unsplit images for validation, patient-grouped")
     prepare.add_argument("--test-fraction", type=float, default=0.2,
-                         help="share of unsplit images for test, patient-grouped")
+                         help="share of unsplit images for test, patient-grouped; 1: the "
+                              "whole source is test")
+    prepare.add_argument("--all-test", action="store_true",
+                         help="the whole source is the test split (an external test set); "
+                              "the same as --test-fraction 1")
     prepare.add_argument("--seed", type=int, default=0, help="seed of the split")
     prepare.set_defaults(run=cmd_prepare)
 
@@ -242,16 +280,58 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = command(
         "evaluate", help="score a trained grader: accuracy beside the baseline, kappa, "
                          "per-grade recall, referable-DR sensitivity/specificity/AUC",
-        description="Evaluate a run folder (its best checkpoint) or a checkpoint on one split. "
-                    "Writes metrics.json and figures (confusion matrices, referable ROC).",
+        description="Evaluate a run folder (its best checkpoint) or a checkpoint on one split "
+                    "of its own data or of any other dataset (an external test set: a "
+                    "prepared folder or any raw layout, prepared once into --cache exactly as "
+                    "the model's card says). Writes predictions.csv, metrics.json with 95%% "
+                    "bootstrap intervals (patients resampled) and figures (confusion matrices, "
+                    "referable ROC, reliability). The baseline is the run's training majority.",
     )
+    from drgrade.data.manifest import EVALUATED_SPLITS
+
     evaluate.add_argument("checkpoint", type=Path, metavar="RUN_OR_CHECKPOINT")
-    evaluate.add_argument("--data", help="data to evaluate on (default: the run's training data)")
-    evaluate.add_argument("--split", default="test", choices=["train", "val", "test"])
+    evaluate.add_argument("--data", help="data to evaluate on (default: the run's own data); "
+                                         "a prepared folder, an npz or a raw dataset layout")
+    _add_layout_options(evaluate)
+    evaluate.add_argument("--split", default="test", choices=EVALUATED_SPLITS,
+                          help="split to score (all: every image of --data)")
     evaluate.add_argument("--tta", action="store_true", help="average over flipped views")
     evaluate.add_argument("--out", type=Path,
-                          help="folder for metrics.json and figures (default: the run folder)")
+                          help="folder for the results (default: the run folder for its own "
+                               "data, RUN/evaluations/<data>-<split> for other data)")
+    evaluate.add_argument("--cache", type=Path,
+                          help="where raw photographs are prepared for the model (default: "
+                               "OUT/cache; reused by the next evaluation)")
+    evaluate.add_argument("--batch-size", type=int, default=32, help="images per batch")
+    evaluate.add_argument("--workers", type=int,
+                          help="processes preparing raw photographs and loading images "
+                               "(default: every CPU for preparing, none for loading)")
+    evaluate.add_argument("--resamples", type=int, default=2000,
+                          help="bootstrap resamples for the 95%% confidence intervals")
+    evaluate.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
     evaluate.set_defaults(run=cmd_evaluate)
+
+    compare = command(
+        "compare", help="is B better than A on the same images? paired bootstrap of the "
+                        "difference in accuracy, kappa and referable AUC, DeLong's test",
+        description="Compare two evaluations of the same images, read from their "
+                    "predictions.csv: a run folder (its own test split) or an evaluation "
+                    "folder (RUN/evaluations/NAME). Images are paired by id; each bootstrap "
+                    "resample draws patients once and scores both models on them.",
+    )
+    compare.add_argument("a", type=Path, metavar="RUN_OR_EVAL_A")
+    compare.add_argument("b", type=Path, metavar="RUN_OR_EVAL_B")
+    compare.add_argument("--split", default="test", choices=EVALUATED_SPLITS,
+                         help="the split both evaluations must hold")
+    compare.add_argument("--data", metavar="NAME",
+                         help="compare RUN/evaluations/NAME (or NAME-SPLIT) of both run folders "
+                              "instead of their own test split")
+    compare.add_argument("--resamples", type=int, default=2000,
+                         help="paired bootstrap resamples for the 95%% intervals")
+    compare.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
+    compare.add_argument("--out", type=Path, metavar="FILE.json",
+                         help="also write the comparison as JSON")
+    compare.set_defaults(run=cmd_compare)
 
     experiment = command(
         "experiment", help="run a grid of trainings (archs x pretrained x sizes x seeds) "
@@ -349,6 +429,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="largest photograph accepted, in MB")
     serve.add_argument("--explain-method", choices=["gradcam", "gradcam++"], default="gradcam",
                        help="heat map method")
+    serve.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                       help="another host name or address browsers may use to reach the page "
+                            "(repeatable; localhost, 127.0.0.1, [::1] and --host always work)")
+    serve.add_argument("--max-concurrent", type=int, default=2,
+                       help="photographs decoded and graded at once; more wait their turn")
+    serve.add_argument("--read-timeout", type=float, default=30.0,
+                       help="seconds an upload may stall before it is refused (408)")
     serve.set_defaults(run=cmd_serve)
     return parser
 

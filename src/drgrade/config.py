@@ -61,6 +61,8 @@ class TrainConfig:
                                       "when the data has no val split")
     num_workers: int = option(-1, "DataLoader workers (-1: min(4, cores - 1))")
     seed: int = option(0, "seed of all randomness")
+    gradient_clip_val: float | None = option(
+        None, "clip the gradient norm to this value (a cure for diverging runs)")
     precision: str = option("32-true", "Lightning precision: 32-true, bf16-mixed, 16-mixed")
     accelerator: str = option("auto", "cpu, gpu, auto")
     devices: str = option("auto", "devices per node: a count, a list, or auto")

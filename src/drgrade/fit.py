@@ -12,8 +12,10 @@ import numpy as np
 import pandas as pd
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
 
+from drgrade.checkpoint_io import AtomicCheckpointIO, remove_partial_saves, resumable_checkpoint
 from drgrade.config import TrainConfig
 from drgrade.data.datamodule import GradingDataModule
+from drgrade.divergence import DivergenceGuard
 from drgrade.errors import DrgradeError
 from drgrade.plots import plot_curves
 from drgrade.run_folder import (
@@ -73,7 +75,9 @@ def make_trainer(config: TrainConfig, run: Path, progress: bool = True,
     # so the latest state gets a checkpointer of its own, overwritten every epoch.
     latest = ModelCheckpoint(dirpath=folder, filename=Path(LAST_CHECKPOINT).stem,
                              monitor=None, save_top_k=1, enable_version_counter=False)
-    callbacks: list[Callback] = [best, latest, EpochLog(run / LOG_FILE), *extra_callbacks]
+    callbacks: list[Callback] = [best, latest, EpochLog(run / LOG_FILE),
+                                 DivergenceGuard(config.lr, config.gradient_clip_val),
+                                 *extra_callbacks]
     if progress:
         callbacks.append(TQDMProgressBar())
     return L.Trainer(
@@ -81,6 +85,7 @@ def make_trainer(config: TrainConfig, run: Path, progress: bool = True,
         devices=config.devices, num_nodes=config.num_nodes, strategy=config.strategy,
         precision=config.precision, deterministic=config.deterministic, logger=False,
         callbacks=callbacks, num_sanity_val_steps=0, enable_progress_bar=progress,
+        plugins=[AtomicCheckpointIO()], gradient_clip_val=config.gradient_clip_val,
         enable_model_summary=False, limit_train_batches=config.max_train_batches or 1.0,
     )
 
@@ -93,16 +98,17 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
     """
     run = Path(config.out)
     last = last_checkpoint(run)
-    if resume and not last.is_file():
-        raise DrgradeError(f"--resume: {last} does not exist; nothing to resume in {run}")
-    if not resume and last.is_file():
+    remove_partial_saves(run)
+    if resume:
+        last = resumable_checkpoint(run)
+    elif last.is_file():
         raise DrgradeError(f"{run} already holds a run; continue it with --resume "
                            "or choose another --out")
     L.seed_everything(config.seed, workers=True, verbose=False)
     data = GradingDataModule(config)
     weights = class_weights(data.class_counts()) if config.class_weights else None
     module = GradingModule(config, data.model_card(), weights)
-    write_run_files(run, config.to_dict(), data.manifest.fingerprint())
+    write_run_files(run, config.to_dict(), data.manifest.fingerprint(), resume)
     trainer = make_trainer(config, run, progress, extra_callbacks)
     trainer.fit(module, datamodule=data, ckpt_path=last if resume else None)
     if trainer.is_global_zero:

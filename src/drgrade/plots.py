@@ -113,3 +113,26 @@ def plot_resolution(table: pd.DataFrame, path: Path) -> Path:
         axis.grid(alpha=0.3)
         axis.legend()
     return _save(figure, path)
+
+
+def plot_differences(differences: pd.DataFrame, path: Path) -> Path:
+    """Paired differences B - A with their intervals, a panel per metric, 0 marked.
+
+    `differences` has columns comparison, metric, estimate, low, high.
+    """
+    metrics = list(dict.fromkeys(differences["metric"]))
+    comparisons = list(dict.fromkeys(differences["comparison"]))
+    figure, axes = plt.subplots(1, len(metrics), figsize=(6 * len(metrics),
+                                                           1.5 + 0.45 * len(comparisons)),
+                                sharey=True, squeeze=False)
+    for axis, metric in zip(axes[0], metrics, strict=True):
+        rows = differences[differences["metric"] == metric]
+        y = [comparisons.index(name) for name in rows["comparison"]]
+        axis.errorbar(rows["estimate"], y, fmt="o", capsize=4,
+                      xerr=[rows["estimate"] - rows["low"], rows["high"] - rows["estimate"]])
+        # An interval crossing this line does not tell the two runs apart.
+        axis.axvline(0, color="grey", linestyle="--")
+        axis.set(xlabel=f"{metric}: B - A (95% paired interval)", yticks=range(len(comparisons)),
+                 yticklabels=comparisons, ylim=(len(comparisons) - 0.5, -0.5))
+        axis.grid(alpha=0.3, axis="x")
+    return _save(figure, path)

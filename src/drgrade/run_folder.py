@@ -4,7 +4,8 @@
     RUN/environment.json   versions, device, data fingerprint, command line
     RUN/log.csv            one row per epoch: losses, accuracy, kappa, learning rate
     RUN/checkpoints/       best.ckpt (best validation kappa, weights only) and last.ckpt
-                           (the full training state, for --resume)
+                           (the full training state, for --resume; the one before it is
+                           kept as last.previous.ckpt)
     RUN/metrics.json       the test split's metrics (`drgrade evaluate`), predictions.csv
     RUN/evaluations/NAME/  the same for each other dataset the run was evaluated on
 """
@@ -21,12 +22,15 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from drgrade.atomic import write_text
+
 CONFIG_FILE = "config.yaml"
 ENVIRONMENT_FILE = "environment.json"
 LOG_FILE = "log.csv"
 CHECKPOINT_DIR = "checkpoints"
 BEST_CHECKPOINT = "best.ckpt"
 LAST_CHECKPOINT = "last.ckpt"
+PREVIOUS_CHECKPOINT = "last.previous.ckpt"  # the state last.ckpt replaced, kept for --resume
 METRICS_FILE = "metrics.json"  # written by `drgrade evaluate` (the run's test metrics)
 PREDICTIONS_FILE = "predictions.csv"  # one row per scored image, beside metrics.json
 EVALUATIONS_DIR = "evaluations"  # RUN/evaluations/NAME: the run scored on other datasets
@@ -36,6 +40,11 @@ PLAN_FILE = "experiment.yaml"  # an experiment folder's plan: its cells, one run
 def last_checkpoint(run: Path) -> Path:
     """Where the latest state of a run is kept (what --resume continues from)."""
     return Path(run) / CHECKPOINT_DIR / LAST_CHECKPOINT
+
+
+def previous_checkpoint(run: Path) -> Path:
+    """The training state saved before the latest (a fallback if last.ckpt is unreadable)."""
+    return Path(run) / CHECKPOINT_DIR / PREVIOUS_CHECKPOINT
 
 
 def best_checkpoint(run: Path) -> Path:
@@ -74,14 +83,22 @@ def _program() -> list[str]:
     return sys.argv[:1]
 
 
-def write_run_files(run: Path, config: dict, data_fingerprint: str) -> None:
-    """Save the resolved config and the environment into the run folder."""
+def write_run_files(run: Path, config: dict, data_fingerprint: str, resume: bool = False) -> None:
+    """Save the resolved config and the environment into the run folder; a resume adds its
+    command to the first one's instead of replacing it."""
     import torch  # here, not at the top: report and serve read run folders without torch
 
     run.mkdir(parents=True, exist_ok=True)
-    (run / CONFIG_FILE).write_text(yaml.safe_dump(config, sort_keys=False))
+    write_text(run / CONFIG_FILE, yaml.safe_dump(config, sort_keys=False))
+    command = shlex.join(_program() + sys.argv[1:])
+    env_file = run / ENVIRONMENT_FILE
+    if resume and env_file.is_file():
+        env = json.loads(env_file.read_text())
+        env["resumed"] = [*env.get("resumed", []), command]
+        write_text(env_file, json.dumps(env, indent=2) + "\n")
+        return
     env = {
-        "command": shlex.join(_program() + sys.argv[1:]),
+        "command": command,
         "data_fingerprint": data_fingerprint,
         "python": platform.python_version(),
         "platform": platform.platform(),
@@ -89,7 +106,7 @@ def write_run_files(run: Path, config: dict, data_fingerprint: str) -> None:
         **{name: version(name) for name in ("drgrade", "torch", "torchvision", "lightning",
                                             "torchmetrics")},
     }
-    (run / ENVIRONMENT_FILE).write_text(json.dumps(env, indent=2) + "\n")
+    write_text(env_file, json.dumps(env, indent=2) + "\n")
 
 
 def read_run_config(run: Path) -> dict:

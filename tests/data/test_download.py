@@ -1,9 +1,13 @@
 """Dataset download: the real code path, served from local files (no network here)."""
 
+import errno
+import http.client
+import io
 import urllib.request
 
 import pytest
 
+from drgrade import atomic
 from drgrade.cli import main
 from drgrade.data import download as dl
 from drgrade.errors import DrgradeError
@@ -73,3 +77,40 @@ def test_download_command(local_npz, tmp_path, monkeypatch, capsys):
     assert "retinamnist.npz: verified (MD5)" in capsys.readouterr().out
     assert main(["download", "aptos", "--out", str(tmp_path)]) == 2
     assert "aptos2019-blindness-detection" in capsys.readouterr().err
+
+
+class BrokenResponse(io.BytesIO):
+    """A download whose connection fails with `error` after its first 10 bytes."""
+
+    headers: dict = {}
+
+    def __init__(self, error: Exception):
+        super().__init__(b"x" * 100)
+        self.error = error
+
+    def read(self, size: int = -1) -> bytes:
+        if self.tell():
+            raise self.error
+        return super().read(10)
+
+
+@pytest.mark.parametrize("error", [ConnectionResetError(104, "Connection reset by peer"),
+                                   http.client.IncompleteRead(b"x" * 10, 90)])
+def test_a_connection_lost_half_way_leaves_nothing(tmp_path, monkeypatch, error):
+    monkeypatch.setattr(urllib.request, "urlopen", lambda *a, **k: BrokenResponse(error))
+    remote = dl.Remote("https://example.org/retinamnist.npz", dl.RETINAMNIST[28].md5)
+    with pytest.raises(DrgradeError, match="cannot download https://example.org/retinamnist.npz"):
+        dl.fetch(remote, tmp_path, progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_full_disk_is_a_clear_error_and_leaves_nothing(local_npz, tmp_path, monkeypatch):
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(atomic.os, "fsync", full)
+    remote = dl.Remote(local_npz.as_uri(), dl.RETINAMNIST[28].md5)
+    with pytest.raises(DrgradeError, match=r"cannot write .*retinamnist.npz: No space left on "
+                                           r"device \(\d+ MB free in"):
+        dl.fetch(remote, tmp_path, progress=False)
+    assert list(tmp_path.iterdir()) == []

@@ -2,6 +2,8 @@
 
 import io
 import struct
+import threading
+import warnings
 import zlib
 
 import numpy as np
@@ -9,13 +11,18 @@ import pytest
 from PIL import Image, ImageDraw, ImageFile
 
 from drgrade.data.fundus import (
+    MAX_MEGAPIXELS_ENV,
     Fundus,
+    NotAnImage,
     RejectedImage,
+    TooManyPixels,
     ben_graham,
     crop_square,
     find_fundus,
     load_photograph,
     preprocess,
+    preprocess_photograph,
+    read_photograph,
 )
 from drgrade.errors import DrgradeError
 
@@ -293,3 +300,155 @@ def test_preprocess_npz_reference_is_resized_not_cropped(shared_data):
     out = preprocess(f"{npz}#test/7", 28)
     assert out.size == (28, 28) and np.array_equal(np.asarray(out), original)
     assert preprocess(f"{npz}#test/7", 64, enhance="ben-graham").size == (64, 64)
+
+
+# --- decompression bombs and the pixel limit -----------------------------------------------
+
+
+def bilevel_png(width: int, height: int) -> bytes:
+    """A valid all-black 1-bit PNG, written row by row: 13000x13000 is about 25 kB."""
+    def chunk(kind, data):
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    packer = zlib.compressobj(9)
+    row = bytes(1 + (width + 7) // 8)  # filter byte 0, then the packed pixels
+    data = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data)
+            + chunk(b"IEND", b""))
+
+
+class DecodeStarted(Exception):
+    """Raised in place of decoding pixels, to show how far a load got."""
+
+
+@pytest.fixture
+def no_decoding(monkeypatch):
+    """Any attempt to decode pixel data fails the test with DecodeStarted."""
+    def load(self):
+        raise DecodeStarted(self.size)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", load)
+
+
+# 196 MP is past Pillow's own error threshold (2 x 89.5 MP), 100 MP past its warning one.
+@pytest.mark.parametrize("side", [14000, 10000])
+def test_a_decompression_bomb_is_refused_from_its_header(tmp_path, no_decoding, side):
+    data = bilevel_png(side, side)
+    assert len(data) < 100_000
+    path = tmp_path / "bomb.png"
+    path.write_bytes(data)
+    pillow_limit = Image.MAX_IMAGE_PIXELS
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for source in (path, io.BytesIO(data)):
+            with pytest.raises(TooManyPixels) as rejected:
+                load_photograph(source, 512)
+            reason = rejected.value.reason
+            megapixels = side * side / 1e6
+            assert f"{side}x{side} px ({megapixels:.1f} megapixels)" in reason
+            assert "over the 80-megapixel limit" in reason
+            assert f"{MAX_MEGAPIXELS_ENV}={megapixels:.0f}" in reason
+        with pytest.raises(TooManyPixels, match=str(path)):
+            preprocess(path, 512)
+    assert caught == []  # Pillow's DecompressionBombWarning never shows
+    assert Image.MAX_IMAGE_PIXELS == pillow_limit  # and its setting is back
+
+
+def test_the_pixel_limit_comes_from_the_parameter_then_the_environment(
+        tmp_path, monkeypatch, no_decoding):
+    path = tmp_path / "bomb.png"
+    path.write_bytes(bilevel_png(13000, 13000))
+    # Raised past the file: the header passes, and neither Pillow's warning nor its error
+    # (a limit of its own) stops the decode.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(DecodeStarted):
+            load_photograph(path, 512, max_megapixels=170)
+        monkeypatch.setenv(MAX_MEGAPIXELS_ENV, "170")
+        with pytest.raises(DecodeStarted):
+            load_photograph(path, 512)
+    assert caught == []
+    monkeypatch.setenv(MAX_MEGAPIXELS_ENV, "20")
+    with pytest.raises(TooManyPixels, match="over the 20-megapixel limit"):
+        load_photograph(path, 512)
+    with pytest.raises(DecodeStarted):  # the parameter wins over the environment
+        load_photograph(path, 512, max_megapixels=170)
+
+
+@pytest.mark.parametrize("value", ["lots", "0", "-5", "nan"])
+def test_a_bad_pixel_limit_is_a_clear_error(tmp_path, monkeypatch, value):
+    path = save(Image.new("RGB", (40, 40)), tmp_path / "small.png")
+    monkeypatch.setenv(MAX_MEGAPIXELS_ENV, value)
+    with pytest.raises(DrgradeError, match=f"{MAX_MEGAPIXELS_ENV}='{value}': .* positive"):
+        load_photograph(path, 40)
+    with pytest.raises(DrgradeError, match="max_megapixels=0: .* positive"):
+        load_photograph(path, 40, max_megapixels=0)
+
+
+def test_a_picture_far_wider_than_tall_is_refused_before_its_square_is_cropped(tmp_path):
+    # 2 MP, but bright to the corners: its fundus square would be 20000x20000 (1.2 GB).
+    red = np.linspace(150, 210, 20000)[None, :].repeat(100, axis=0)
+    pixels = np.stack([red, np.full_like(red, 80), np.full_like(red, 30)], axis=2)
+    path = save(Image.fromarray(pixels.astype(np.uint8)), tmp_path / "strip.png")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(TooManyPixels) as rejected:
+            preprocess(path, 64)
+    assert caught == []
+    assert str(path) in str(rejected.value)
+    assert rejected.value.reason.startswith("the fundus square to crop is 20000x20000 px")
+
+
+def test_concurrent_loads_restore_pillows_settings(tmp_path):
+    path = save(draw_fundus(200, 150, 100, 75, 70), tmp_path / "fundus.png")
+    before = Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES
+    threads = [threading.Thread(target=preprocess, args=(path, 64)) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert (Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES) == before
+
+
+@pytest.mark.parametrize(("image", "suffix"), [
+    (Image.new("RGB", (40, 40), FUNDUS_ORANGE), "GIF"),
+    (Image.new("RGB", (40, 40), FUNDUS_ORANGE), "ICO"),  # may hold a larger PNG inside
+])
+def test_formats_that_are_not_photographs_are_refused(tmp_path, image, suffix):
+    path = save(image, tmp_path / "photo.jpg", format=suffix)
+    with pytest.raises(NotAnImage, match="not an image in a format drgrade reads"):
+        load_photograph(path, 40)
+
+
+# --- greyscale photographs -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("image", "greyscale"), [
+    (Image.new("L", (40, 40), 90), True),
+    (Image.new("LA", (40, 40), (90, 255)), True),
+    (Image.fromarray(np.full((40, 40), 30000, np.uint16)), True),  # I;16
+    (Image.new("1", (40, 40), 1), True),
+    (Image.new("RGB", (40, 40), FUNDUS_ORANGE), False),
+    (Image.new("RGB", (40, 40), FUNDUS_ORANGE).convert("P", palette=Image.ADAPTIVE), False),
+])
+def test_greyscale_photographs_are_flagged(tmp_path, image, greyscale):
+    photograph = read_photograph(save(image, tmp_path / "photo.png"), 40)
+    assert photograph.image.mode == "RGB" and photograph.file_mode == image.mode
+    assert photograph.greyscale is greyscale
+    if greyscale:
+        assert photograph.warning.startswith(f"greyscale photograph (mode {image.mode})")
+        assert "trained on colour" in photograph.warning
+    else:
+        assert photograph.warning is None
+
+
+def test_preprocess_photograph_says_whether_the_model_saw_colour(tmp_path):
+    fundus = draw_fundus(200, 150, 100, 75, 70)
+    grey = preprocess_photograph(save(fundus.convert("L"), tmp_path / "grey.png"), 64)
+    colour = preprocess_photograph(save(fundus, tmp_path / "colour.png"), 64)
+    assert grey.greyscale and grey.image.size == (64, 64) and grey.image.mode == "RGB"
+    assert not colour.greyscale and colour.warning is None
+    same = preprocess(tmp_path / "colour.png", 64)
+    assert np.array_equal(np.asarray(colour.image), np.asarray(same))

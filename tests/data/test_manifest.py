@@ -4,7 +4,11 @@ import pandas as pd
 import pytest
 
 from drgrade.data.manifest import (
+    ALL_TEST,
+    SPLIT_FROM,
     assign_splits,
+    carve_validation,
+    check_fractions,
     majority_grade,
     make_table,
     parse_grade,
@@ -74,3 +78,38 @@ def test_fingerprint_changes_with_the_data(shared_data):
     before = manifest.fingerprint()
     manifest.table.loc[0, "grade"] = (manifest.table.loc[0, "grade"] + 1) % 5
     assert manifest.fingerprint() != before
+
+
+def test_split_from_random_draws_every_split_anew():
+    table = _patients_table(50)
+    table["split"] = "train"
+    official = assign_splits(table, 0.1, 0.2, seed=0)
+    assert (official["split"] == "train").all()
+    fresh = assign_splits(table, 0.1, 0.2, seed=0, split_from="random")
+    assert set(fresh["split"]) == {"train", "val", "test"}
+    assert patients_in_several_splits(fresh) == 0
+    with pytest.raises(DrgradeError, match="--split-from must be one of official, random"):
+        assign_splits(table, 0.1, 0.2, seed=0, split_from="kaggle")
+
+
+def test_a_test_fraction_of_one_makes_the_whole_source_test():
+    table = _patients_table(10)
+    table.loc[:5, "split"] = "train"
+    for split_from in SPLIT_FROM:
+        result = assign_splits(table, 0.1, ALL_TEST, seed=0, split_from=split_from)
+        assert (result["split"] == "test").all()
+
+
+@pytest.mark.parametrize("val, test", [(0.5, 0.1), (0.1, 0.5), (1.0, 0.1), (0.1, 0.9), (-0.1, 0)])
+def test_fractions_below_one_half_or_the_whole_source(val, test):
+    with pytest.raises(DrgradeError, match="must be in \\[0, 0.5\\), or --test-fraction 1"):
+        check_fractions(val, test)
+
+
+def test_tiny_datasets_split_without_emptying_train():
+    for n_patients in (1, 2, 3):
+        result = assign_splits(_patients_table(n_patients), 0.1, 0.2, seed=0)
+        assert (result["split"] == "train").any()
+        assert patients_in_several_splits(result) == 0
+    with pytest.raises(DrgradeError, match="too few training patients"):
+        carve_validation(_patients_table(1).assign(split="train"), 0.1, seed=0)

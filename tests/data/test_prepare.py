@@ -1,8 +1,10 @@
 """`drgrade prepare`: real photographs in, a tight cached dataset out, resumable, nothing lost."""
 
 import csv
+import errno
 import io
 import json
+import os
 import subprocess
 import sys
 import time
@@ -13,12 +15,14 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from drgrade import atomic
 from drgrade.cli import main
 from drgrade.data import prepare as prepare_module
 from drgrade.data.fundus import load_photograph
 from drgrade.data.manifest import Manifest, make_table
 from drgrade.data.prepare import file_names, prepare_dataset
 from drgrade.data.sources import read_prepared, read_source
+from drgrade.data.synthetic import synthetic_fundus, write_synthetic_dataset
 from drgrade.errors import DrgradeError
 
 
@@ -67,9 +71,15 @@ def test_idrid_photographs_become_tight_squares_with_their_grades(shared_data, t
     settings = json.loads((out / "prepare.json").read_text())
     assert settings["size"] == 128 and settings["enhance"] == "none"
     assert settings["image_format"] == "jpg" and settings["preprocess_version"] >= 1
-    assert (out / "rejected.csv").read_text().strip() == "path,image_id,reason"
+    # The 393 listed photographs not in fullres/ are named in rejected.csv, none lost.
+    rejected = pd.read_csv(out / "rejected.csv", keep_default_na=False)
+    assert len(rejected) == 393
+    assert not set(rejected["image_id"]) & set(prepared.table["image_id"])
+    listed = r"missing \(listed at .*train\.csv:\d+\): image not found"
+    assert rejected["reason"].str.match(listed).all()
     assert not leftovers(out)
     assert "written 20, skipped 0" in result.summary()
+    assert "missing 393 listed image(s)" in result.summary()
 
 
 def test_rerun_skips_what_is_done_and_refuses_other_settings(shared_data, tmp_path):
@@ -283,3 +293,129 @@ def test_cli_prepare_with_default_split_fractions(shared_data, tmp_path):
                  "--out", str(tmp_path / "prepared"), *CLI_ARGS]) == 0
     table = read_prepared(tmp_path / "prepared", None, None).table
     assert set(table["split"]) == {"train", "val", "test"}
+
+
+# --- nothing lost, no traceback: missing images, full disks, bad options, killed runs ---------
+
+
+def synthetic_source(root: Path, n_images: int = 6, unlisted_missing: int = 0) -> Path:
+    """A small EyePACS-layout source; `unlisted_missing` more rows name images not on disk."""
+    write_synthetic_dataset(root, n_images, widths=(64, 96))
+    with (root / "trainLabels.csv").open("a") as labels:
+        labels.writelines(f"{9000 + i}_left,1\n" for i in range(unlisted_missing))
+    return root
+
+
+def test_allow_missing_lists_each_missing_image_with_its_row(tmp_path, capsys):
+    source = synthetic_source(tmp_path / "raw", 6, unlisted_missing=2)
+    args = ["prepare", str(source), "--out", str(tmp_path / "out"), "--size", "32",
+            "--workers", "1", "--test-fraction", "0", "--val-fraction", "0"]
+    assert main(args) == 2
+    assert "2 of 8 listed images are missing" in capsys.readouterr().err
+    assert main([*args, "--allow-missing"]) == 0
+    assert "missing 2 listed image(s) not on disk" in capsys.readouterr().out
+    rejected = pd.read_csv(tmp_path / "out/rejected.csv", keep_default_na=False)
+    assert rejected["image_id"].tolist() == ["9000_left", "9001_left"]
+    for line, reason in zip((8, 9), rejected["reason"], strict=True):
+        assert reason == (f"missing (listed at {source / 'trainLabels.csv'}:{line}): "
+                          f"image not found in {source / 'train'}")
+    assert len(read_prepared(tmp_path / "out", None, None).table) == 6
+
+
+def fail_fsync_on_call(monkeypatch, n: int) -> None:
+    """The n-th fsync (drgrade.atomic's step before the rename) fails as on a full disk."""
+    real, calls = atomic.os.fsync, []
+
+    def fsync(fd: int) -> None:
+        calls.append(fd)
+        if len(calls) == n:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(fd)
+
+    monkeypatch.setattr(atomic.os, "fsync", fsync)
+
+
+def test_full_disk_while_writing_an_image_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    source, out = synthetic_source(tmp_path / "raw", 3), tmp_path / "out"
+    fail_fsync_on_call(monkeypatch, 2)  # 1: prepare.json, 2: the first image
+    assert main(["prepare", str(source), "--out", str(out), "--size", "32", "--workers", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: cannot write {out / 'images'}/")
+    assert "No space left on device (" in err and "MB free in" in err and "Traceback" not in err
+    assert not leftovers(out) and not (out / "manifest.csv").exists()
+
+
+def test_full_disk_while_writing_rejected_csv_leaves_no_partial(tmp_path, monkeypatch):
+    manifest, out = read_source(synthetic_source(tmp_path / "raw", 3)), tmp_path / "out"
+    fail_fsync_on_call(monkeypatch, 5)  # prepare.json, 3 images, then rejected.csv
+    with pytest.raises(DrgradeError, match=r"cannot write .*rejected.csv: No space left"):
+        prepare_dataset(manifest, out, size=32, workers=1)
+    assert not leftovers(out) and not (out / "rejected.csv").exists()
+    monkeypatch.undo()
+    result = prepare_dataset(manifest, out, size=32, workers=1)
+    assert (result.skipped, result.written) == (3, 0) and not leftovers(out)
+
+
+def test_unwritable_output_folder_is_a_clear_error(tmp_path, capsys):
+    source = synthetic_source(tmp_path / "raw", 2)
+    (tmp_path / "notes.txt").write_text("mine")
+    out = tmp_path / "notes.txt" / "prepared"
+    assert main(["prepare", str(source), "--out", str(out), "--size", "32", "--workers", "1"]) == 2
+    assert capsys.readouterr().err == f"error: cannot write {out}: Not a directory\n"
+
+
+@pytest.mark.parametrize("workers", ["0", "-1"])
+def test_workers_below_one_are_refused_before_reading(tmp_path, capsys, workers):
+    assert main(["prepare", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out"),
+                 "--workers", workers]) == 2
+    assert capsys.readouterr().err == f"error: --workers must be at least 1, got {workers}\n"
+    with pytest.raises(DrgradeError, match="--workers must be at least 1"):
+        prepare_dataset(read_source(synthetic_source(tmp_path / "raw", 1)), tmp_path / "out",
+                        size=32, workers=int(workers))
+
+
+def _process_state(pid: int) -> tuple[str, int] | None:
+    """(state, parent pid) of a process from /proc, or None when it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return fields[0], int(fields[1])
+
+
+def _children(pid: int) -> set[int]:
+    """Live (not zombie) child processes of `pid`."""
+    states = {int(p.name): _process_state(int(p.name)) for p in Path("/proc").glob("[0-9]*")}
+    return {child for child, state in states.items() if state and state[1] == pid
+            and state[0] != "Z"}
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads processes from /proc")
+def test_kill_9_of_prepare_leaves_no_worker_behind(tmp_path):
+    raw = tmp_path / "raw"
+    (raw / "train").mkdir(parents=True)
+    first = raw / "train" / "1_left.jpeg"
+    synthetic_fundus(2, np.random.default_rng(0), (700, 600)).save(first, quality=90)
+    names = [f"{patient}_{eye}" for patient in range(1, 301) for eye in ("left", "right")]
+    for name in names[1:]:
+        os.link(first, raw / "train" / f"{name}.jpeg")
+    (raw / "trainLabels.csv").write_text(
+        "image,level\n" + "".join(f"{name},{i % 5}\n" for i, name in enumerate(names)))
+    out = tmp_path / "out"
+    run = subprocess.Popen([sys.executable, "-m", "drgrade", "prepare", str(raw), "--out",
+                            str(out), "--size", "32", "--workers", "2"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not any(out.glob("images/*.jpg")) or len(_children(run.pid)) < 2:
+        assert run.poll() is None, "prepare ended before it could be killed"
+        assert time.monotonic() < deadline, "prepare started no workers in 60 s"
+        time.sleep(0.02)
+    children = _children(run.pid)  # the two workers and multiprocessing's resource tracker
+    run.kill()
+    run.wait()
+    assert not (out / "manifest.csv").exists()  # killed mid-run
+    deadline = time.monotonic() + 10
+    while (alive := {c for c in children if (_process_state(c) or ("Z",))[0] != "Z"}) \
+            and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not alive, f"processes {alive} outlived their killed parent"

@@ -10,7 +10,6 @@ import yaml
 
 from drgrade.cli import main
 from drgrade.errors import DrgradeError
-from drgrade.experiment import load_experiment
 from drgrade.evaluation.report import (
     collect_runs,
     curve_data,
@@ -19,6 +18,7 @@ from drgrade.evaluation.report import (
     run_metrics_table,
     write_report,
 )
+from drgrade.experiment import load_experiment
 
 REPO = Path(__file__).resolve().parents[2]
 

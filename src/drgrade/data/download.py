@@ -8,14 +8,15 @@ accepted terms or a file host's page, so `download` explains the steps instead o
 from __future__ import annotations
 
 import hashlib
-import os
-import urllib.error
+import http.client
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm import tqdm
 
+from drgrade.atomic import atomic_write, write_error
 from drgrade.errors import DrgradeError
 
 TIMEOUT_S = 30  # per connect/read: a firewalled machine fails in seconds, not minutes
@@ -43,11 +44,13 @@ RETINAMNIST = {
 }
 MANUAL = {
     "eyepacs": (
-        "EyePACS (Kaggle 2015, 35,126 training photographs, about 88 GB) needs a Kaggle "
-        "account that has accepted the competition rules. With the Kaggle CLI configured: "
-        "`kaggle competitions download -c diabetic-retinopathy-detection -p {out}/eyepacs`, "
-        "unpack train.zip.* and trainLabels.csv.zip there, then `drgrade prepare "
-        "{out}/eyepacs --format eyepacs --out {out}/eyepacs-512 --size 512`."
+        "EyePACS (Kaggle 2015, 35,126 training and 53,576 test photographs, about 88 GB) "
+        "needs a Kaggle account that has accepted the competition rules. With the Kaggle CLI "
+        "configured: `kaggle competitions download -c diabetic-retinopathy-detection -p "
+        "{out}/eyepacs`, unpack train.zip.*, trainLabels.csv.zip and, for the official "
+        "split (val: Usage Public, test: Private), test.zip.* and retinopathy_solution.csv "
+        "there, then `drgrade prepare {out}/eyepacs --format eyepacs --out {out}/eyepacs-512 "
+        "--size 512`."
     ),
     "aptos": (
         "APTOS 2019 (3,662 training photographs) needs a Kaggle account that has accepted "
@@ -72,8 +75,8 @@ MANUAL = {
     "idrid": (
         "IDRiD needs a (free) IEEE DataPort login: download 'B. Disease Grading' from "
         "https://ieee-dataport.org/open-access/indian-diabetic-retinopathy-image-dataset-idrid, "
-        "unzip it into {out}/idrid, then `drgrade prepare {out}/idrid/<images folder> --labels "
-        "<its training labels CSV> --format idrid --out {out}/idrid-512 --size 512`."
+        "unzip it into {out}/idrid, then `drgrade prepare {out}/idrid --format idrid --out "
+        "{out}/idrid-512 --size 512` (its official split: 413 train, 103 test)."
     ),
 }
 DATASETS = ("retinamnist", *MANUAL)
@@ -109,31 +112,48 @@ def fetch(remote: Remote, out: Path, progress: bool = True) -> Path:
                                f"{remote.md5}: a damaged or different file. Delete it to "
                                "download it again.")
         return target
-    out.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(target.name + ".partial")
-    digest = hashlib.md5(usedforsecurity=False)
     try:
-        with urllib.request.urlopen(remote.url, timeout=TIMEOUT_S) as response, \
-                partial.open("wb") as file, \
-                tqdm(total=_length(response), unit="B", unit_scale=True, desc=remote.name,
-                     disable=not progress) as bar:
-            while chunk := response.read(CHUNK):
-                file.write(chunk)
-                digest.update(chunk)
-                bar.update(len(chunk))
-    except (urllib.error.URLError, OSError) as error:
-        partial.unlink(missing_ok=True)
-        reason = getattr(error, "reason", error)
-        raise DrgradeError(
-            f"cannot download {remote.url}: {reason}. Offline? Fetch it on a connected "
-            f"machine, put it at {target} and run this again to verify it."
-        ) from None
-    if digest.hexdigest() != remote.md5:
-        partial.unlink()
-        raise DrgradeError(f"{remote.url}: MD5 {digest.hexdigest()} is not the published "
-                           f"{remote.md5}; the download was deleted (try again)")
-    os.replace(partial, target)
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise write_error(target, error) from None
+    try:
+        response = urllib.request.urlopen(remote.url, timeout=TIMEOUT_S)
+    except OSError as error:  # urllib's URLError, or a socket timeout
+        raise _unreachable(remote, target, error) from None
+    digest = hashlib.md5(usedforsecurity=False)
+    # atomic_write: a kill, a broken connection or a wrong MD5 leaves no file at `target`.
+    with response, atomic_write(target, "wb") as file, \
+            tqdm(total=_length(response), unit="B", unit_scale=True, desc=remote.name,
+                 disable=not progress) as bar:
+        for chunk in _chunks(response, remote, target):
+            file.write(chunk)
+            digest.update(chunk)
+            bar.update(len(chunk))
+        if digest.hexdigest() != remote.md5:
+            raise DrgradeError(f"{remote.url}: MD5 {digest.hexdigest()} is not the published "
+                               f"{remote.md5}; the download was deleted (try again)")
     return target
+
+
+def _chunks(response, remote: Remote, target: Path) -> Iterator[bytes]:
+    """The response body, CHUNK bytes at a time; a connection lost half-way is reported."""
+    while True:
+        try:
+            chunk = response.read(CHUNK)
+        except (OSError, http.client.HTTPException) as error:
+            # Raised as a DrgradeError here, or atomic_write would call it a write failure.
+            raise _unreachable(remote, target, error) from None
+        if not chunk:
+            return
+        yield chunk
+
+
+def _unreachable(remote: Remote, target: Path, error: Exception) -> DrgradeError:
+    reason = getattr(error, "reason", error)
+    return DrgradeError(
+        f"cannot download {remote.url}: {reason}. Offline? Fetch it on a connected "
+        f"machine, put it at {target} and run this again to verify it."
+    )
 
 
 def md5_of(path: Path) -> str:

@@ -9,8 +9,7 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
+import threading
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -35,6 +34,16 @@ MIN_DISC = 0.3  # a disc narrower than this share of the short side is not a fun
 # of red on IDRiD and at most 0.75 on RetinaMNIST's 1,080 training images. A white
 # screenshot or a blue picture is not one.
 MAX_BLUE_TO_RED = 0.9
+# The most pixels decoded (or cropped) for one photograph: fundus cameras give up to about
+# 25 MP, while a 500 kB PNG can declare 169 MP and cost 1.2 GB to decode.
+MAX_MEGAPIXELS = 80.0
+MAX_MEGAPIXELS_ENV = "DRGRADE_MAX_MEGAPIXELS"
+# The formats of IMAGE_SUFFIXES (JPEG includes the MPO JPEGs of some cameras). Pillow reads
+# many more, some of which hide a larger image than their header says (ICO) or run a program
+# (EPS), which matters for uploads to serve.
+FORMATS = ("JPEG", "PNG", "TIFF", "BMP")
+# Modes without colour: the model, trained on colour, sees them as grey RGB.
+GREYSCALE_MODES = {"1", "L", "LA", "La", "I", "F"}
 
 
 class RejectedImage(DrgradeError):
@@ -44,6 +53,35 @@ class RejectedImage(DrgradeError):
         self.reason = reason
         self.source = source
         super().__init__(f"{source}: {reason}" if source else reason)
+
+
+class NotAnImage(RejectedImage):
+    """A file that is no image in a format drgrade reads."""
+
+
+class TooManyPixels(RejectedImage):
+    """An image over the pixel limit, refused before it is decoded."""
+
+
+@dataclass(frozen=True)
+class Photograph:
+    """A photograph as RGB, and the PIL mode of its file (what the model did not see)."""
+
+    image: Image.Image
+    file_mode: str
+
+    @property
+    def greyscale(self) -> bool:
+        """Whether the file had no colour, so the model saw its grey copied into R, G and B."""
+        return self.file_mode in GREYSCALE_MODES or self.file_mode.startswith("I;16")
+
+    @property
+    def warning(self) -> str | None:
+        """What to tell the user about how the photograph was read, if anything."""
+        if self.greyscale:
+            return (f"greyscale photograph (mode {self.file_mode}): graded as grey RGB by a "
+                    f"model trained on colour photographs; the grade may be unreliable")
+        return None
 
 
 @dataclass(frozen=True)
@@ -79,29 +117,97 @@ def is_npz_reference(source: str | Path) -> bool:
     return ".npz#" in str(source)
 
 
-def load_photograph(path: str | Path | BinaryIO, size: int) -> Image.Image:
-    """An RGB image of a photograph file (or npz reference), decoded no smaller than needed.
+class _PillowSettings:
+    """PIL's globals set for photographs while any drgrade load is under way.
 
-    `path` may also be an open binary file (an upload held in memory). JPEGs are decoded at
-    1/2, 1/4 or 1/8 scale in the DCT domain (`draft`) when that still leaves both sides
-    >= `size`: a 4288x2848 photograph is never fully decoded for 512 px.
+    Some libraries switch PIL to filling truncated files with grey; a half photograph would
+    then be cached and graded silently, so insist on complete files. PIL's own bomb check
+    runs inside Image.open, before ours can: a warning past its limit (89 MP by default), an
+    error past twice that, neither saying how to raise it. Ours tests the same header size
+    against one limit and `preprocess` the crop too, so PIL's is switched off meanwhile.
+    Serve loads in several threads: a count restores the globals when the last one ends.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.users = 0
+        self.saved: tuple[bool, int | None] = (False, None)
+
+    def __enter__(self) -> None:
+        with self.lock:
+            if self.users == 0:
+                self.saved = ImageFile.LOAD_TRUNCATED_IMAGES, Image.MAX_IMAGE_PIXELS
+                ImageFile.LOAD_TRUNCATED_IMAGES, Image.MAX_IMAGE_PIXELS = False, None
+            self.users += 1
+
+    def __exit__(self, *_) -> None:
+        with self.lock:
+            self.users -= 1
+            if self.users == 0:
+                ImageFile.LOAD_TRUNCATED_IMAGES, Image.MAX_IMAGE_PIXELS = self.saved
+
+
+_PILLOW = _PillowSettings()
+
+
+def max_pixels(max_megapixels: float | None = None) -> int:
+    """The pixel limit: `max_megapixels`, else $DRGRADE_MAX_MEGAPIXELS, else MAX_MEGAPIXELS."""
+    if max_megapixels is not None:
+        return _pixels(max_megapixels, f"max_megapixels={max_megapixels!r}")
+    text = os.environ.get(MAX_MEGAPIXELS_ENV, "").strip()
+    if not text:
+        return _pixels(MAX_MEGAPIXELS, "MAX_MEGAPIXELS")
+    try:
+        megapixels = float(text)
+    except ValueError:
+        megapixels = math.nan
+    return _pixels(megapixels, f"{MAX_MEGAPIXELS_ENV}={text!r}")
+
+
+def _pixels(megapixels: float, where: str) -> int:
+    if not (math.isfinite(megapixels) and megapixels > 0):
+        raise DrgradeError(f"{where}: the largest photograph to decode must be a positive "
+                           f"number of megapixels (default {MAX_MEGAPIXELS:g})")
+    return int(megapixels * 1e6)
+
+
+def check_pixels(width: int, height: int, limit: int, what: str = "the image") -> None:
+    """`TooManyPixels` if width x height is over `limit`, saying how to raise it."""
+    if width * height > limit:
+        megapixels = width * height / 1e6
+        raise TooManyPixels(
+            f"{what} is {width}x{height} px ({megapixels:.1f} megapixels), over the "
+            f"{limit / 1e6:g}-megapixel limit for decoding safely; if it is a real photograph, "
+            f"set {MAX_MEGAPIXELS_ENV}={math.ceil(megapixels)} (or more)")
+
+
+def read_photograph(path: str | Path | BinaryIO, size: int,
+                    max_megapixels: float | None = None) -> Photograph:
+    """A photograph file (or npz reference) as RGB, decoded no smaller than needed.
+
+    `path` may also be an open binary file (an upload held in memory). The pixel count in
+    the header is checked against `max_pixels(max_megapixels)` before anything is decoded.
+    JPEGs are decoded at 1/2, 1/4 or 1/8 scale in the DCT domain (`draft`) when that still
+    leaves both sides >= `size`: a 4288x2848 photograph is never fully decoded for 512 px.
     """
     source = source_name(path)
     if is_npz_reference(source):
         return _npz_image(source)
+    limit = max_pixels(max_megapixels)
     try:
         if _is_empty(path):
             raise RejectedImage("empty file (0 bytes)", source)
-        with _strict_loading(), Image.open(path) as image:
+        with _PILLOW, Image.open(path, formats=FORMATS) as image:
+            check_pixels(*image.size, limit)  # the header only: nothing is decoded yet
+            file_mode = image.mode
             image.draft("RGB", (size, size))  # a no-op for formats other than JPEG
             image.load()
-            return to_rgb(_upright(image))
-    except RejectedImage:
-        raise
+            return Photograph(to_rgb(_upright(image)), file_mode)
+    except RejectedImage as error:
+        raise type(error)(error.reason, source) from None
     except UnidentifiedImageError:
-        raise RejectedImage("not an image (format not recognised)", source) from None
-    except Image.DecompressionBombError as error:
-        raise RejectedImage(f"too large to decode safely ({error})", source) from None
+        raise NotAnImage(f"not an image in a format drgrade reads "
+                         f"({', '.join(FORMATS)})", source) from None
     except FileNotFoundError:
         raise RejectedImage("file not found", source) from None
     except PermissionError:
@@ -113,16 +219,10 @@ def load_photograph(path: str | Path | BinaryIO, size: int) -> Image.Image:
         raise RejectedImage(f"corrupt image data ({error})", source) from None
 
 
-@contextmanager
-def _strict_loading() -> Iterator[None]:
-    # Some libraries switch PIL to filling truncated files with grey; a half photograph
-    # would then be cached and graded silently, so insist on complete files here.
-    saved = ImageFile.LOAD_TRUNCATED_IMAGES
-    ImageFile.LOAD_TRUNCATED_IMAGES = False
-    try:
-        yield
-    finally:
-        ImageFile.LOAD_TRUNCATED_IMAGES = saved
+def load_photograph(path: str | Path | BinaryIO, size: int,
+                    max_megapixels: float | None = None) -> Image.Image:
+    """The RGB image of `read_photograph`."""
+    return read_photograph(path, size, max_megapixels).image
 
 
 def _upright(image: Image.Image) -> Image.Image:
@@ -160,13 +260,14 @@ def _to_8bit(values: np.ndarray, mode: str) -> np.ndarray:
     return np.clip(np.rint(values * (255.0 / full)), 0, 255).astype(np.uint8)
 
 
-def _npz_image(reference: str) -> Image.Image:
+def _npz_image(reference: str) -> Photograph:
     match = NPZ_REF.match(reference)
     if not match:
         raise RejectedImage("not an npz image reference (file.npz#split/index)", reference)
     try:
         images = _npz_split(match["file"], match["split"])
-        return to_rgb(Image.fromarray(images[int(match["index"])]))
+        image = Image.fromarray(images[int(match["index"])])
+        return Photograph(to_rgb(image), image.mode)
     except (OSError, KeyError, IndexError, ValueError) as error:
         raise RejectedImage(f"cannot read npz image ({error})", reference) from None
 
@@ -458,25 +559,40 @@ def _gaussian(planes: np.ndarray, sigma: float) -> np.ndarray:
 # --- everything together -------------------------------------------------------------------
 
 
-def preprocess(source: str | Path | BinaryIO, size: int, enhance: str = "none") -> Image.Image:
+def preprocess_photograph(source: str | Path | BinaryIO, size: int, enhance: str = "none",
+                          max_megapixels: float | None = None) -> Photograph:
     """A photograph (or npz reference) as the model sees it: fundus square, size x size.
 
     npz images (MedMNIST) were cropped to the disc by their publisher and are only resized.
-    Unusable images raise `RejectedImage` naming the file and the reason.
+    Unusable images raise `RejectedImage` naming the file and the reason; `file_mode` and
+    `warning` of the result say whether the photograph had colour.
     """
     if enhance not in ENHANCEMENTS:
         raise DrgradeError(f"unknown enhancement {enhance!r}; choose one of {ENHANCEMENTS}")
     if size < 1:
         raise DrgradeError(f"size must be a positive number of pixels, got {size}")
-    image = load_photograph(source, size)
-    if is_npz_reference(source_name(source)):
-        fundus = _square((0, 0, image.width, image.height), circular=False)
-    else:
-        try:
-            fundus = find_fundus(image)
-        except RejectedImage as error:
-            raise RejectedImage(error.reason, source_name(source)) from None
-    square, mask = crop_square(image, fundus, size)
+    with _PILLOW:
+        photograph = read_photograph(source, size, max_megapixels)
+        image = photograph.image
+        if is_npz_reference(source_name(source)):
+            fundus = _square((0, 0, image.width, image.height), circular=False)
+        else:
+            try:
+                fundus = find_fundus(image)
+                # The square reaches past the photograph: a picture far wider than tall
+                # would make a huge one, allocated in full before it is resized.
+                left, top, right, _ = fundus.box
+                check_pixels(right - left, right - left, max_pixels(max_megapixels),
+                             "the fundus square to crop")
+            except RejectedImage as error:
+                raise type(error)(error.reason, source_name(source)) from None
+        square, mask = crop_square(image, fundus, size)
     if enhance == "ben-graham":
         square = ben_graham(square, mask)
-    return square
+    return Photograph(square, photograph.file_mode)
+
+
+def preprocess(source: str | Path | BinaryIO, size: int, enhance: str = "none",
+               max_megapixels: float | None = None) -> Image.Image:
+    """The image of `preprocess_photograph`: what `prepare` caches and the model is given."""
+    return preprocess_photograph(source, size, enhance, max_megapixels).image

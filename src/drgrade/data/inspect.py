@@ -3,6 +3,8 @@
 from drgrade.data.manifest import Manifest, majority_grade, patients_in_several_splits, split_counts
 from drgrade.grades import GRADE_NAMES
 
+MISSING_SHOWN = 10  # missing images listed by name; the rest are counted
+
 
 def describe(manifest: Manifest) -> str:
     """Layout, images per split and grade, majority baselines, leaks and problems."""
@@ -31,7 +33,9 @@ def describe(manifest: Manifest) -> str:
     if len(counts.index) > 1:
         overlap = patients_in_several_splits(table)
         lines += ["", f"patients with images in more than one split: {overlap:,}"]
-    problems = manifest.warnings
+    problems = [*manifest.warnings, *(f"missing: {p}" for p in manifest.missing[:MISSING_SHOWN])]
+    if len(manifest.missing) > MISSING_SHOWN:
+        problems.append(f"... and {len(manifest.missing) - MISSING_SHOWN:,} more missing")
     lines += ["", "problems: none" if not problems else "problems:"]
     lines += [f"  - {w}" for w in problems]
     return "\n".join(lines)

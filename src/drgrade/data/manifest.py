@@ -5,16 +5,24 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
-from sklearn.model_selection import GroupShuffleSplit, StratifiedGroupKFold
-
+from drgrade.atomic import atomic_write
 from drgrade.errors import DrgradeError, Problem, problems_error
 from drgrade.grades import NUM_GRADES
 
+if TYPE_CHECKING:  # pandas and scikit-learn take ~0.9 s to load; the CLI reads SPLIT_FROM
+    import pandas as pd  # from here at start-up, so they are imported where they are used
+
 COLUMNS = ["image_id", "path", "grade", "patient", "eye", "split"]
 SPLITS = ("train", "val", "test")
+EVALUATED_SPLITS = (*SPLITS, "all")  # `drgrade evaluate --split`: all scores every image
 MANIFEST_FILE = "manifest.csv"
+# --split-from: keep the split a layout ships (IDRiD, DDR, MedMNIST, the lab's, EyePACS with
+# its solution file, split class folders) and draw one only for images without, or draw a
+# new one for every image.
+SPLIT_FROM = ("official", "random")
+ALL_TEST = 1.0  # a test fraction of 1: the whole source is the test split (an external test set)
 
 
 @dataclass
@@ -22,7 +30,8 @@ class Manifest:
     """Images of one dataset with their grades, read from one layout.
 
     `table` has the COLUMNS (plus extras a source has); `path` is empty for listed images
-    that were not found on disk, and those are listed in `missing`.
+    that were not found on disk, and those are listed in `missing`. `left_out` holds the
+    missing images `require_images` dropped, so that they are still reported.
     """
 
     table: pd.DataFrame
@@ -30,6 +39,7 @@ class Manifest:
     source: Path
     missing: list[Problem] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    left_out: list[Problem] = field(default_factory=list)
 
     @property
     def n_found(self) -> int:
@@ -48,7 +58,8 @@ class Manifest:
             )
         kept = self.table[self.table["path"] != ""].reset_index(drop=True)
         note = f"going on without {len(self.missing)} missing image(s); {len(kept)} remain"
-        return Manifest(kept, self.layout, self.source, [], [*self.warnings, note])
+        return Manifest(kept, self.layout, self.source, [], [*self.warnings, note],
+                        [*self.left_out, *self.missing])
 
     def fingerprint(self) -> str:
         """A short hash of ids, grades and splits: which data a run was trained on."""
@@ -72,6 +83,8 @@ def parse_grade(value: str, file: str, line: int) -> int | Problem:
 
 def make_table(rows: list[dict]) -> pd.DataFrame:
     """A manifest table from row dicts, with every column present and typed."""
+    import pandas as pd
+
     table = pd.DataFrame(rows, columns=None if rows else COLUMNS)
     for column in COLUMNS:
         if column not in table:
@@ -101,6 +114,8 @@ def duplicate_problems(table: pd.DataFrame, places: list[tuple[str, int]]) -> li
 
 def split_counts(table: pd.DataFrame) -> pd.DataFrame:
     """Images per split (rows) and grade (columns)."""
+    import pandas as pd
+
     counts = pd.crosstab(table["split"].replace("", "(none)"), table["grade"])
     order = [s for s in (*SPLITS, "(none)") if s in counts.index]
     return counts.reindex(index=order, columns=range(NUM_GRADES), fill_value=0)
@@ -118,23 +133,40 @@ def patients_in_several_splits(table: pd.DataFrame) -> int:
     return int((assigned.groupby("patient")["split"].nunique() > 1).sum())
 
 
+def check_fractions(val_fraction: float, test_fraction: float) -> None:
+    """Refuse split fractions outside [0, 0.5), but for a test fraction of ALL_TEST."""
+    for name, fraction in (("val", val_fraction), ("test", test_fraction)):
+        if not 0 <= fraction < 0.5 and not (name == "test" and fraction == ALL_TEST):
+            raise DrgradeError(f"--{name}-fraction must be in [0, 0.5), or --test-fraction 1 "
+                               f"(--all-test) for a whole-source test set; got {fraction}")
+
+
 def assign_splits(
-    table: pd.DataFrame, val_fraction: float, test_fraction: float, seed: int
+    table: pd.DataFrame, val_fraction: float, test_fraction: float, seed: int,
+    split_from: str = "official",
 ) -> pd.DataFrame:
     """Give rows without a split one, keeping each patient's images together.
 
-    Stratified by grade and grouped by patient (scikit-learn's StratifiedGroupKFold); a
-    fraction f is realised as one fold of round(1/f), so 0.2 -> 1/5 and 0.15 -> 1/7.
+    `split_from` "random" first drops the splits the layout shipped; a test fraction of
+    ALL_TEST makes every row test. Stratified by grade and grouped by patient
+    (scikit-learn's StratifiedGroupKFold); a fraction f is realised as one fold of
+    round(1/f), so 0.2 -> 1/5 and 0.15 -> 1/7.
     """
-    for name, fraction in (("val", val_fraction), ("test", test_fraction)):
-        if not 0 <= fraction < 0.5:
-            raise DrgradeError(f"--{name}-fraction must be in [0, 0.5), got {fraction}")
+    check_fractions(val_fraction, test_fraction)
+    if split_from not in SPLIT_FROM:
+        raise DrgradeError(f"--split-from must be one of {', '.join(SPLIT_FROM)}, "
+                           f"got {split_from!r}")
     table = table.copy()
+    if test_fraction == ALL_TEST:
+        table["split"] = "test"
+        return table
+    if split_from == "random":
+        table["split"] = ""
     pending = table.index[table["split"] == ""]
     # The val fraction is of the whole, so scale it to what is left after test.
     for name, fraction in (("test", test_fraction), ("val", val_fraction / (1 - test_fraction))):
-        if fraction == 0 or len(pending) < 2:
-            continue
+        if fraction == 0 or table.loc[pending, "patient"].nunique() < 2:
+            continue  # a split of a lone patient would leave train empty
         chosen = _one_fold(table.loc[pending], fraction, seed)
         table.loc[chosen, "split"] = name
         pending = pending.difference(chosen)
@@ -152,13 +184,16 @@ def carve_validation(table: pd.DataFrame, fraction: float, seed: int) -> pd.Data
         return table
     table = table.copy()
     train = table.index[table["split"] == "train"]
-    if len(train) < 2:
-        raise DrgradeError("too few training images to carve out a validation split")
+    if table.loc[train, "patient"].nunique() < 2:
+        raise DrgradeError("too few training patients (fewer than 2) to carve out a "
+                           "validation split")
     table.loc[_one_fold(table.loc[train], fraction, seed), "split"] = "val"
     return table
 
 
 def _one_fold(rows: pd.DataFrame, fraction: float, seed: int) -> pd.Index:
+    from sklearn.model_selection import GroupShuffleSplit, StratifiedGroupKFold
+
     n_splits = max(2, min(round(1 / fraction), rows["patient"].nunique()))
     if rows["grade"].value_counts().min() >= n_splits:
         folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
@@ -174,7 +209,6 @@ def _one_fold(rows: pd.DataFrame, fraction: float, seed: int) -> pd.Index:
 def write_manifest(table: pd.DataFrame, folder: Path) -> Path:
     """Write `table` as folder/manifest.csv (atomically: a kill never leaves half a file)."""
     target = folder / MANIFEST_FILE
-    partial = target.with_suffix(".csv.partial")
-    table.to_csv(partial, index=False)
-    partial.replace(target)
+    with atomic_write(target, "w", newline="", encoding="utf-8") as handle:
+        table.to_csv(handle, index=False)
     return target

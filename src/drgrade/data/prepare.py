@@ -1,9 +1,10 @@
 """`drgrade prepare`: crop, resize and cache every image of a manifest, resumably.
 
 The output folder holds images/<name>.<jpg|png>, manifest.csv (paths relative to the
-folder), rejected.csv (every image left out, with the reason) and prepare.json (the
-settings). Each file appears under its final name only once complete (written under a
-temporary name, then renamed), so a run killed at any moment is resumed by running it again.
+folder), rejected.csv (every image left out, with the reason: unusable, or listed but
+missing under --allow-missing) and prepare.json (the settings). Each file appears under its
+final name only once complete (drgrade.atomic), so a run killed at any moment is resumed by
+running it again.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import multiprocessing
 import os
 import re
 import signal
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -28,6 +30,7 @@ from typing import TYPE_CHECKING, NamedTuple
 from tqdm import tqdm
 
 from drgrade import __version__
+from drgrade.atomic import PARTIAL_SUFFIX, atomic_write, write_error, write_text
 from drgrade.data.fundus import ENHANCEMENTS, RejectedImage, preprocess
 from drgrade.errors import DrgradeError
 
@@ -42,8 +45,8 @@ IMAGES_DIR = "images"
 SETTINGS_FILE = "prepare.json"
 LOCK_FILE = ".prepare.lock"
 REJECTED_FILE = "rejected.csv"
-PARTIAL_SUFFIX = ".partial"
 MIN_SIZE = 16
+PARENT_POLL_S = 0.5  # how often a worker checks that the run it works for is still alive
 FORMATS = {
     # 4:4:4 keeps full colour resolution: small red lesions are what the model looks for.
     "jpg": ("JPEG", {"quality": 95, "subsampling": 0}),
@@ -82,6 +85,8 @@ class PrepareResult:
     written: int
     skipped: int
     rejected: list[Rejection] = field(default_factory=list)
+    missing: list[Rejection] = field(default_factory=list)
+    splits: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     settings: dict = field(default_factory=dict)
 
@@ -94,7 +99,13 @@ class PrepareResult:
             f"enhance {s.get('enhance')})",
             f"  written {self.written:,}, skipped {self.skipped:,} (already done), "
             f"rejected {len(self.rejected):,}",
+            "  splits: " + ", ".join(f"{split or '(none)'} {n:,}"
+                                     for split, n in self.splits.items()),
         ]
+        if self.missing:
+            lines.append(f"  missing {len(self.missing):,} listed image(s) not on disk "
+                         f"(--allow-missing): listed in {self.out / REJECTED_FILE} with "
+                         "reason 'missing'")
         if self.rejected:
             lines.append(f"  rejected images are left out of manifest.csv and listed in "
                          f"{self.out / REJECTED_FILE}:")
@@ -109,21 +120,23 @@ def prepare_dataset(
     out: Path | str,
     size: int = 512,
     enhance: str = "none",
-    workers: int | None = os.cpu_count(),
+    workers: int | None = None,
     image_format: str = "jpg",
 ) -> PrepareResult:
     """Preprocess every image of `manifest` into the cached dataset folder `out`.
 
     Images whose output exists are skipped, so rerunning resumes an interrupted run; a
-    folder prepared with other settings (or from another source) is refused.
+    folder prepared with other settings (or from another source) is refused. `workers`
+    None uses every CPU. The images `manifest.left_out` (missing) go to rejected.csv.
     """
     started = time.perf_counter()
     out = Path(out)
-    workers = workers or 1
-    _check_options(size, enhance, image_format, workers)
+    workers = (os.cpu_count() or 1) if workers is None else workers
+    check_options(size, enhance, image_format, workers)
     table = manifest.table
     if table.empty:
-        raise DrgradeError(f"{manifest.source}: no images to prepare")
+        why = f" (all {len(manifest.left_out)} listed are missing)" if manifest.left_out else ""
+        raise DrgradeError(f"{manifest.source}: no images to prepare{why}")
     duplicated = table["image_id"][table["image_id"].duplicated()]
     if len(duplicated):
         raise DrgradeError(f"image ids must be unique; repeated: {', '.join(duplicated[:10])}")
@@ -131,16 +144,23 @@ def prepare_dataset(
         "preprocess_version": PREPROCESS_VERSION, "size": size, "enhance": enhance,
         "image_format": image_format, "source": str(Path(manifest.source).resolve()),
     }
-    _check_folder(out, settings)
-    out.mkdir(parents=True, exist_ok=True)
-    with _exclusive(out):
-        _start_folder(out, settings, manifest.layout)
-        result = _prepare_into(out, table, settings, workers)
+    missing = [Rejection("", p.value, f"missing (listed at {p.file}:{p.line}): {p.reason}")
+               for p in manifest.left_out]
+    try:
+        _check_folder(out, settings)
+        out.mkdir(parents=True, exist_ok=True)
+        with _exclusive(out):
+            _start_folder(out, settings, manifest.layout)
+            result = _prepare_into(out, table, settings, workers, missing)
+    except OSError as error:  # an unwritable or full --out: what could not be written, why
+        raise write_error(Path(error.filename or out), error) from None
     result.seconds = time.perf_counter() - started
     return result
 
 
-def _prepare_into(out: Path, table: pd.DataFrame, settings: dict, workers: int) -> PrepareResult:
+def _prepare_into(
+    out: Path, table: pd.DataFrame, settings: dict, workers: int, missing: list[Rejection]
+) -> PrepareResult:
     """Prepare the images of `table` not yet in `out`; write manifest.csv and rejected.csv."""
     from drgrade.data.manifest import write_manifest  # late: keeps worker start-up light
 
@@ -165,7 +185,7 @@ def _prepare_into(out: Path, table: pd.DataFrame, settings: dict, workers: int) 
         Rejection(str(table["path"].iat[i]), str(table["image_id"].iat[i]), reasons[i])
         for i in sorted(reasons)
     ]
-    _write_rejected(rejected, out)
+    _write_rejected(rejected + missing, out)
     kept = [i not in reasons for i in range(len(table))]
     prepared = table.assign(path=relative, source_path=table["path"])[kept]
     if prepared.empty:
@@ -174,11 +194,13 @@ def _prepare_into(out: Path, table: pd.DataFrame, settings: dict, workers: int) 
     write_manifest(prepared.reset_index(drop=True), out)
     return PrepareResult(
         out=out, total=len(table), written=len(todo) - len(rejected),
-        skipped=len(tasks) - len(todo), rejected=rejected, settings=settings,
+        skipped=len(tasks) - len(todo), rejected=rejected, missing=missing,
+        splits=dict(Counter(prepared["split"])), settings=settings,
     )
 
 
-def _check_options(size: int, enhance: str, image_format: str, workers: int) -> None:
+def check_options(size: int, enhance: str, image_format: str, workers: int) -> None:
+    """Refuse prepare options that cannot work, before any image is read."""
     if size < MIN_SIZE:
         raise DrgradeError(f"--size must be at least {MIN_SIZE} px, got {size}")
     if enhance not in ENHANCEMENTS:
@@ -210,9 +232,14 @@ def _check_folder(out: Path, settings: dict) -> None:
                 f"{out} was prepared with different settings: {'; '.join(differences)}. "
                 "Choose another --out (or delete that folder to start again)"
             )
-    elif out.is_dir() and any(out.iterdir()):
+    elif out.is_dir() and any(not _ours(p) for p in out.iterdir()):
         raise DrgradeError(f"--out {out} is not empty and was not made by `drgrade prepare`; "
                            "choose a new or empty folder")
+
+
+def _ours(path: Path) -> bool:
+    # What a run killed before it wrote prepare.json leaves: its lock and temporary files.
+    return path.name == LOCK_FILE or path.name.endswith(PARTIAL_SUFFIX)
 
 
 @contextmanager
@@ -241,12 +268,13 @@ def _start_folder(out: Path, settings: dict, layout: str) -> None:
     if not (out / SETTINGS_FILE).is_file():
         record = {**settings, "layout": layout, "drgrade_version": __version__,
                   "created": datetime.now(UTC).isoformat(timespec="seconds")}
-        _write_atomic(out / SETTINGS_FILE, json.dumps(record, indent=2) + "\n")
+        write_text(out / SETTINGS_FILE, json.dumps(record, indent=2) + "\n")
     images = out / IMAGES_DIR
     images.mkdir(exist_ok=True)
     # Temporary files of a killed run: no one else writes here while we hold the lock.
-    for partial in images.glob(f"*{PARTIAL_SUFFIX}"):
-        partial.unlink(missing_ok=True)
+    for folder in (out, images):
+        for partial in folder.glob(f"*{PARTIAL_SUFFIX}"):
+            partial.unlink(missing_ok=True)
 
 
 def file_names(image_ids) -> list[str]:
@@ -288,8 +316,8 @@ def _run(tasks: list[Task], indices: list[int], workers: int) -> Iterator[tuple[
     # mid-operation; workers import only PIL, numpy and this module.
     context = multiprocessing.get_context("spawn")
     try:
-        with ProcessPoolExecutor(workers, mp_context=context,
-                                 initializer=_ignore_interrupts) as pool:
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
+                                 initargs=(os.getpid(),)) as pool:
             try:
                 results = pool.map(prepare_one, tasks, chunksize=chunk)
                 yield from zip(indices, results, strict=True)
@@ -303,10 +331,21 @@ def _run(tasks: list[Task], indices: list[int], workers: int) -> Iterator[tuple[
                            "--workers") from None
 
 
-def _ignore_interrupts() -> None:
+def _start_worker(parent: int) -> None:
+    """Worker set-up: leave Ctrl-C to the parent, and end when the parent is gone."""
     # Ctrl-C reaches every process of the terminal; only the parent should act on it, so a
     # worker finishes (and renames) the image in hand instead of dying half-way.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
+
+
+def _exit_with_parent(parent: int) -> None:
+    # A parent killed with -9 never stops its pool: the workers, and the resource tracker
+    # they keep alive, would wait for work forever. An orphan is re-parented, so a changed
+    # parent id means the run is over (the parent cleans the half-written file next time).
+    while os.getppid() == parent:
+        time.sleep(PARENT_POLL_S)
+    os._exit(1)
 
 
 def prepare_one(task: Task) -> str | None:
@@ -319,33 +358,21 @@ def prepare_one(task: Task) -> str | None:
         return str(error)
     except Exception as error:  # one odd file must not stop a long run; it is listed, not lost
         return f"unexpected error ({type(error).__name__}: {error})"
-    try:
-        save_image(image, Path(task.target), task.image_format)
-    except OSError as error:  # a full disk or a read-only folder: stop, do not reject
-        raise DrgradeError(f"cannot write {task.target}: {error}") from None
+    # A full disk or a read-only folder is a DrgradeError that stops the run: not a rejection.
+    save_image(image, Path(task.target), task.image_format)
     return None
 
 
 def save_image(image: Image.Image, target: Path, image_format: str) -> None:
-    """Write `image` to `target` under a temporary name, then rename: never half a file."""
+    """Write `image` to `target` atomically: never half a file under its name."""
     kind, options = FORMATS[image_format]
-    partial = target.with_name(f"{target.name}.{os.getpid()}{PARTIAL_SUFFIX}")
-    try:
-        image.save(partial, format=kind, **options)
-        os.replace(partial, target)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
+    with atomic_write(target, "wb") as handle:
+        image.save(handle, format=kind, **options)
 
 
 def _write_rejected(rejected: list[Rejection], out: Path) -> None:
     import pandas as pd
 
     table = pd.DataFrame(rejected, columns=list(Rejection._fields))
-    _write_atomic(out / REJECTED_FILE, table.to_csv(index=False))
-
-
-def _write_atomic(target: Path, text: str) -> None:
-    partial = target.with_name(target.name + PARTIAL_SUFFIX)
-    partial.write_text(text, encoding="utf-8")
-    os.replace(partial, target)
+    with atomic_write(out / REJECTED_FILE, "w", newline="", encoding="utf-8") as handle:
+        table.to_csv(handle, index=False)

@@ -92,8 +92,9 @@ def _prepare_raw(manifest: Manifest, card: ModelCard, cache: Path, workers: int 
     """Raw photographs -> a cache prepared as the model card says; the unreadable ones."""
     # An external set is scored whole: images the layout gives no split count as test.
     manifest.table.loc[manifest.table["split"] == "", "split"] = "test"
+    # --workers 0 means "load in this process"; preparing needs at least one.
     result = prepare_dataset(manifest, cache, size=card.prepare_size, enhance=card.enhance,
-                             workers=workers)
+                             workers=None if workers is None else max(workers, 1))
     if progress:
         print(result.summary())
     reasons = {r.image_id: r.reason for r in result.rejected}

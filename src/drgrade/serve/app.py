@@ -4,34 +4,57 @@ GET /            the page (static/index.html, static/app.js, static/style.css)
 GET /api/model   what the page shows about the model: head, grade names, upload limit
 POST /api/grade  multipart form, field `file`: grade, probabilities or score, referable
                  flag and the Grad-CAM heat map as a PNG data URL; errors are
-                 {"detail": message} with 400 (no or empty file), 413 (too large),
-                 415 (not an image) or 422 (an image, but not a gradable fundus photograph)
+                 {"detail": message} with 400 (no or empty file, a malformed form, an
+                 unknown Host), 403 (a post from another site), 408 (the body stopped
+                 arriving), 413 (too large, in bytes or pixels), 415 (not a form, or not an
+                 image), 422 (an image, but not a gradable fundus photograph) or 503 (busy)
 
 Nothing is fetched from elsewhere (no CDN): the page works on a machine with no internet.
-Uploads are decoded from a temporary folder that is deleted before the answer is sent.
+Uploads are held in memory only (never spooled to a temporary file) and dropped once graded.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import math
 import socket
 import sys
+from collections.abc import Callable, Iterable
+from contextlib import aclosing
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, TypeVar
 
-from fastapi import FastAPI, File, HTTPException, Request, Response, UploadFile
+import anyio
+from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.datastructures import Headers, UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from drgrade.errors import DrgradeError
 from drgrade.inference.grader import GraderBase
 from drgrade.serve.grading import PhotographGrader, UploadRejected, display_name
 
+if TYPE_CHECKING:
+    import uvicorn
+
+T = TypeVar("T")
 STATIC = Path(__file__).parent / "static"
 DEFAULT_MAX_UPLOAD_MB = 20.0
+DEFAULT_READ_TIMEOUT = 30.0  # seconds a request body may stall before a 408
+DEFAULT_MAX_CONCURRENT = 2  # gradings at once: each decodes a photograph of up to 80 MP
+DEFAULT_QUEUE_TIMEOUT = 60.0  # seconds an upload waits for its turn before a 503
 # Room for the multipart boundary and part headers around a file of the full limit.
 FORM_OVERHEAD = 64 * 1024
+# Names every server answers to; the bound address and --allowed-host add more.
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+WILDCARD_HOSTS = ("0.0.0.0", "::", "")
+# Sent with answers given before the body was read: uvicorn then closes the connection
+# instead of waiting (up to its keep-alive timeout, or longer) for the rest of the body.
+HANG_UP = {"connection": "close"}
+NO_FILE = "no photograph in the request: send it as the multipart form field 'file'"
 SECURITY_HEADERS = {
     # The page needs only itself; heat maps arrive as data: URLs.
     "content-security-policy": "default-src 'self'; img-src 'self' data:; object-src 'none'; "
@@ -66,7 +89,7 @@ class UploadLimit:
             return
         declared = dict(scope["headers"]).get(b"content-length", b"")
         if declared.isdigit() and int(declared) > self.max_bytes:
-            await JSONResponse({"detail": self.message}, 413)(scope, receive, send)
+            await JSONResponse({"detail": self.message}, 413, HANG_UP)(scope, receive, send)
             return
         received = 0
 
@@ -76,30 +99,203 @@ class UploadLimit:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
-                    # FastAPI passes an HTTPException from body parsing on as the response.
-                    raise HTTPException(413, self.message)
+                    # Raised inside the endpoint's read of the form: it becomes the answer.
+                    raise HTTPException(413, self.message, headers=HANG_UP)
             return message
 
         await self.app(scope, counted, send)
 
 
-def upload_limit(max_upload_mb: float) -> int:
-    """--max-upload-mb in bytes, checked."""
+def host_name(value: str) -> str:
+    """The host of a Host header or --allowed-host value: no port, no brackets, lower case."""
+    value = value.strip().lower()
+    if value.startswith("["):  # [::1]:8000
+        return value[1:].split("]", 1)[0]
+    if value.count(":") == 1:  # name:port (a bare IPv6 address has several colons)
+        value = value.split(":", 1)[0]
+    return value.rstrip(".")
+
+
+def allowed_host(value: str) -> str:
+    """An --allowed-host value as a host name, checked."""
+    name = host_name(value)
+    if not name or any(c in value for c in "/@ "):
+        raise DrgradeError(f"--allowed-host {value!r}: give a host name or address as browsers "
+                           f"type it (e.g. grader.clinic.lan or 192.168.1.20), without "
+                           f"http:// or a path")
+    return name
+
+
+class HostCheck:
+    """ASGI middleware: 400 for a Host the server does not answer to, 403 for cross-site posts.
+
+    A page on any site can point its own host name at 127.0.0.1 (DNS rebinding) and so
+    reach a loopback server, but the browser's Host header still names that site; and any
+    page can post a form to any address, but the browser's Origin header says where from.
+    """
+
+    SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+
+    def __init__(self, app: ASGIApp, hosts: Iterable[str]):
+        self.app = app
+        self.hosts = frozenset(hosts)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        host = headers.get("host", "")
+        origin = headers.get("origin")
+        if host_name(host) not in self.hosts:
+            names = ", ".join(sorted(self.hosts))
+            response = JSONResponse({"detail": (
+                f"Host {host!r} is not a name this server answers to ({names}); to open the "
+                f"page under that name, restart drgrade serve with --allowed-host "
+                f"{host_name(host) or 'NAME'}")}, 400)
+        elif (scope["method"] not in self.SAFE_METHODS and origin is not None
+              and origin.lower() != f"{scope['scheme']}://{host.lower()}"):
+            response = JSONResponse({"detail": (
+                f"a request from another site ({origin}) was refused: upload the photograph "
+                f"on the page at {scope['scheme']}://{host}/")}, 403)
+        else:
+            await self.app(scope, receive, send)
+            return
+        await response(scope, receive, send)
+
+
+class ReadTimeout:
+    """ASGI middleware: 408 when a request body stops arriving for `seconds`.
+
+    uvicorn's keep-alive timeout covers idle connections between requests only: a client
+    that sends half a body and waits would hold its connection open for as long as it likes.
+    """
+
+    def __init__(self, app: ASGIApp, seconds: float):
+        self.app = app
+        self.seconds = seconds
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        body_done = False
+
+        async def timed() -> Message:
+            nonlocal body_done
+            if body_done:  # later calls wait for the client to leave, which may take long
+                return await receive()
+            try:
+                with anyio.fail_after(self.seconds):
+                    message = await receive()
+            except TimeoutError:
+                raise HTTPException(408, f"the upload stopped arriving for {self.seconds:g} s "
+                                         f"(drgrade serve --read-timeout); send it again",
+                                    headers=HANG_UP) from None
+            body_done = message["type"] != "http.request" or not message.get("more_body")
+            return message
+
+        await self.app(scope, timed, send)
+
+
+class Busy(Exception):
+    """No grading slot came free in time."""
+
+
+class GradingSlots:
+    """At most `size` gradings at once, each in a worker thread; others wait up to `timeout` s.
+
+    Decoding takes up to 3 bytes a pixel (240 MB at the 80 MP limit): 50 IDRiD photographs
+    posted at once took the demo model's server from 0.93 to 2.3 GB, 2 at a time to 1.1 GB.
+    The wait is here, not in threads blocked on a lock: anyio reuses idle worker threads, so
+    only about `size` of them ever grade, while each thread that grades keeps its peak in
+    its own malloc arena (a lock in 40 worker threads let the same burst reach 2.2 GB).
+    """
+
+    def __init__(self, size: int, timeout: float):
+        self.timeout = timeout
+        self.semaphore = anyio.Semaphore(size)
+
+    async def run(self, function: Callable[..., T], *args) -> T:
+        """`function(*args)` in a worker thread once a slot is free; `Busy` if none is."""
+        try:
+            with anyio.fail_after(self.timeout):
+                await self.semaphore.acquire()
+        except TimeoutError:
+            raise Busy from None
+        try:
+            return await anyio.to_thread.run_sync(function, *args)
+        finally:
+            self.semaphore.release()
+
+
+async def read_upload(request: Request, max_bytes: int) -> tuple[bytes, str | None]:
+    """The bytes and name of the form field `file`, held in memory; HTTPException if none."""
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if not media_type:
+        raise HTTPException(400, NO_FILE)
+    if media_type != "multipart/form-data":
+        raise HTTPException(415, f"the request is {media_type}, not a form: send the "
+                                 f"photograph as the field 'file' of a multipart/form-data "
+                                 f"form (curl -F file=@photo.jpg)")
+    async with aclosing(request.stream()) as stream:
+        parser = MultiPartParser(request.headers, stream, max_files=1, max_fields=16)
+        # Starlette spools a file over 1 MB to a temporary file; UploadLimit already caps
+        # the whole body at this, so the upload stays in memory and never touches the disk.
+        parser.spool_max_size = max_bytes + FORM_OVERHEAD
+        try:
+            form = await parser.parse()
+        except MultiPartException as error:
+            raise HTTPException(400, f"the form could not be read ({error.message}); "
+                                     f"{NO_FILE}") from None
+        except ClientDisconnect:  # nobody is left to answer; ends the request quietly
+            raise HTTPException(400, "the upload was cut off") from None
+    try:
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile):  # no such field, or a text field
+            raise HTTPException(400, NO_FILE)
+        # The body limit leaves room for the form around the file; the file gets none.
+        data = await upload.read(max_bytes + 1)
+        if len(data) > max_bytes:
+            raise HTTPException(413, f"{display_name(upload.filename)}: larger than the "
+                                     f"{megabytes(max_bytes)} limit (drgrade serve "
+                                     f"--max-upload-mb)")
+        return data, upload.filename
+    finally:
+        await form.close()
+
+
+def check_options(max_upload_mb: float, allowed_hosts: Iterable[str], max_concurrent: int,
+                  read_timeout: float) -> tuple[int, set[str]]:
+    """--max-upload-mb in bytes and the host names to answer to; every option checked."""
     if not max_upload_mb > 0:
         raise DrgradeError(f"--max-upload-mb must be positive, got {max_upload_mb}")
-    return int(max_upload_mb * 2**20)
+    if max_concurrent < 1:
+        raise DrgradeError(f"--max-concurrent must be at least 1, got {max_concurrent}")
+    if not read_timeout > 0:
+        raise DrgradeError(f"--read-timeout must be a positive number of seconds, "
+                           f"got {read_timeout}")
+    hosts = {*LOOPBACK_NAMES, *(allowed_host(name) for name in allowed_hosts)}
+    return int(max_upload_mb * 2**20), hosts
 
 
 def create_app(grader: GraderBase, model_name: str = "model",
-               max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
-               explain_method: str = "gradcam") -> FastAPI:
-    """The web app around a loaded grader."""
-    max_bytes = upload_limit(max_upload_mb)
+               max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, explain_method: str = "gradcam",
+               *, allowed_hosts: Iterable[str] = (),
+               max_concurrent: int = DEFAULT_MAX_CONCURRENT,
+               read_timeout: float = DEFAULT_READ_TIMEOUT,
+               queue_timeout: float = DEFAULT_QUEUE_TIMEOUT) -> FastAPI:
+    """The web app around a loaded grader, answering to loopback names and `allowed_hosts`."""
+    max_bytes, hosts = check_options(max_upload_mb, allowed_hosts, max_concurrent, read_timeout)
     photographs = PhotographGrader(grader, explain_method)
+    slots = GradingSlots(max_concurrent, queue_timeout)
     # Swagger/ReDoc pages load their scripts from a CDN, which users may not reach.
     app = FastAPI(title="drgrade", docs_url=None, redoc_url=None)
+    # Each add_middleware wraps the ones before: a request meets HostCheck first.
+    app.add_middleware(ReadTimeout, seconds=read_timeout)
     app.add_middleware(UploadLimit, max_bytes=max_bytes + FORM_OVERHEAD,
                        limit_text=megabytes(max_bytes))
+    app.add_middleware(HostCheck, hosts=hosts)
 
     @app.middleware("http")
     async def security_headers(request: Request, call_next) -> Response:
@@ -121,27 +317,30 @@ def create_app(grader: GraderBase, model_name: str = "model",
         return {"model": model_name, "max_upload_bytes": max_bytes} | photographs.info()
 
     @app.post("/api/grade")
-    def grade(file: Annotated[UploadFile | None, File()] = None) -> dict:
+    async def grade(request: Request) -> dict:
         """Grade one photograph sent as the multipart form field `file`."""
-        if file is None:
-            raise HTTPException(400, "no photograph in the request: send it as the multipart "
-                                     "form field 'file'")
-        # The body limit leaves room for the form around the file; the file gets none.
-        data = file.file.read(max_bytes + 1)
-        if len(data) > max_bytes:
-            raise HTTPException(413, f"{display_name(file.filename)}: larger than the "
-                                     f"{megabytes(max_bytes)} limit (drgrade serve "
-                                     f"--max-upload-mb)")
+        # The form is read here, not declared as a parameter: FastAPI would answer a
+        # malformed request with its validation list and spool the file to disk.
+        data, filename = await read_upload(request, max_bytes)
         try:
-            return photographs.grade(data, file.filename)
+            return await slots.run(photographs.grade, data, filename)
         except UploadRejected as error:
             raise HTTPException(error.status, str(error)) from None
+        except Busy:
+            raise HTTPException(503, (
+                f"{display_name(filename)}: the server is busy (it grades {max_concurrent} "
+                f"photograph(s) at a time, and this one waited {queue_timeout:g} s for its "
+                f"turn); try again shortly"),
+                headers={"retry-after": str(math.ceil(queue_timeout))}) from None
 
     return app
 
 
 def listen_socket(host: str, port: int) -> socket.socket:
     """A socket bound to host:port (port 0: a free one); a clear error if that fails."""
+    if not 0 <= port <= 65535:  # getaddrinfo keeps 16 bits: 99999 would be port 34463
+        raise DrgradeError(f"--port {port}: not a TCP port; choose one from 1 to 65535 "
+                           f"(0: any free one)")
     try:
         family, kind, proto, _, address = socket.getaddrinfo(
             host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
@@ -172,24 +371,36 @@ def is_loopback(sock: socket.socket) -> bool:
     return ipaddress.ip_address(sock.getsockname()[0]).is_loopback
 
 
-def serve(model: Path | str, host: str = "127.0.0.1", port: int = 8000,
-          max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, explain_method: str = "gradcam") -> None:
-    """Serve the page for `model` (run folder, .ckpt or .onnx) until interrupted."""
+def uvicorn_server(app: FastAPI) -> uvicorn.Server:
+    """The uvicorn server `serve` runs the app in."""
     import uvicorn
 
+    return uvicorn.Server(uvicorn.Config(app, log_level="info"))
+
+
+def serve(model: Path | str, host: str = "127.0.0.1", port: int = 8000,
+          max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, explain_method: str = "gradcam",
+          allowed_hosts: Iterable[str] = (), max_concurrent: int = DEFAULT_MAX_CONCURRENT,
+          read_timeout: float = DEFAULT_READ_TIMEOUT) -> None:
+    """Serve the page for `model` (run folder, .ckpt or .onnx) until interrupted."""
     from drgrade.inference.grader import load_grader
 
-    upload_limit(max_upload_mb)
+    # The address it listens on is a name browsers may use too (unless it is every address).
+    allowed_hosts = [*allowed_hosts, *([] if host in WILDCARD_HOSTS else [host])]
+    _, hosts = check_options(max_upload_mb, allowed_hosts, max_concurrent, read_timeout)
     # Bound before the model loads: a taken port fails in a moment, not after seconds.
     sock = listen_socket(host, port)
     try:
-        app = create_app(load_grader(model), str(model), max_upload_mb, explain_method)
+        app = create_app(load_grader(model), str(model), max_upload_mb, explain_method,
+                         allowed_hosts=allowed_hosts, max_concurrent=max_concurrent,
+                         read_timeout=read_timeout)
         if not is_loopback(sock):
             print(f"warning: listening on {host}: anyone who can reach this machine can upload "
-                  f"photographs (there is no login); use --host 127.0.0.1 to keep it local",
+                  f"photographs (there is no login); use --host 127.0.0.1 to keep it local. "
+                  f"Browsers may use only the names {', '.join(sorted(hosts))}; add the "
+                  f"name or address others type with --allowed-host",
                   file=sys.stderr)
         print(f"drgrade: grading with {model} at {socket_url(sock)} (Ctrl+C stops)", flush=True)
-        server = uvicorn.Server(uvicorn.Config(app, log_level="info"))
-        server.run(sockets=[sock])
+        uvicorn_server(app).run(sockets=[sock])
     finally:
         sock.close()

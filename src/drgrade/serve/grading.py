@@ -12,12 +12,12 @@ import io
 import threading
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from drgrade.data.fundus import RejectedImage
+from drgrade.data.fundus import NotAnImage, RejectedImage, TooManyPixels
 from drgrade.errors import DrgradeError
 from drgrade.grades import GRADE_NAMES, REFERABLE_GRADE
-from drgrade.inference.grader import Grader, GraderBase, Prediction
+from drgrade.inference.grader import GraderBase, Prediction
 
 MAX_NAME = 120  # characters of an uploaded file's name kept for display
 
@@ -37,23 +37,6 @@ def display_name(filename: str | None) -> str:
     return name[:MAX_NAME] or "upload"
 
 
-def check_is_image(data: bytes, name: str) -> None:
-    """Refuse empty files (400), non-images (415) and images too large to decode (413)."""
-    if not data:
-        raise UploadRejected(400, f"{name}: the file is empty (0 bytes)")
-    try:
-        # Reads the header only: cheap, and tells a text file or PDF from a photograph.
-        with Image.open(io.BytesIO(data)):
-            pass
-    except UnidentifiedImageError:
-        raise UploadRejected(415, f"{name}: not an image (format not recognised); upload a "
-                                  f"colour fundus photograph as JPEG, PNG or TIFF") from None
-    except Image.DecompressionBombError as error:
-        raise UploadRejected(413, f"{name}: too many pixels to decode safely ({error})") from None
-    except Exception:  # a damaged image: the full decode below names what is wrong
-        pass
-
-
 def png_data_url(image: Image.Image) -> str:
     """An image as a data: URL, so that nothing derived from an upload is kept on disk."""
     buffer = io.BytesIO()
@@ -62,7 +45,10 @@ def png_data_url(image: Image.Image) -> str:
 
 
 class PhotographGrader:
-    """Grades uploads one at a time with a loaded grader; PyTorch graders also draw heat maps."""
+    """Grades uploads with a loaded grader; PyTorch graders also draw heat maps.
+
+    Thread-safe: the web app runs a few gradings at once, each in a worker thread.
+    """
 
     def __init__(self, grader: GraderBase, explain_method: str = "gradcam"):
         self.grader = grader
@@ -71,7 +57,7 @@ class PhotographGrader:
         self.lock = threading.Lock()
         self.layer = None
         self.heat_map_note: str | None = None
-        if not isinstance(grader, Grader):
+        if not grader.supports_heat_maps:
             self.heat_map_note = ("no heat maps: they need the PyTorch checkpoint (run folder "
                                   "or .ckpt), not the ONNX file")
             return
@@ -79,7 +65,7 @@ class PhotographGrader:
 
         cam_method(explain_method)  # a wrong name fails at start, not at the first upload
         try:
-            self.layer = target_layer(grader.module.model, grader.settings.image_size)
+            self.layer = target_layer(grader.network.model, grader.card.image_size)
         except DrgradeError as error:  # e.g. a vision transformer: grade anyway, say why
             self.heat_map_note = f"no heat maps: {error}"
 
@@ -89,7 +75,7 @@ class PhotographGrader:
             "head": self.grader.head,
             "grades": list(GRADE_NAMES),
             "referable_grade": REFERABLE_GRADE,
-            "image_size": self.grader.settings.image_size,
+            "image_size": self.grader.card.image_size,
             "heat_maps": self.layer is not None,
             "heat_map_method": self.explain_method if self.layer is not None else None,
             "heat_map_note": self.heat_map_note,
@@ -98,9 +84,14 @@ class PhotographGrader:
     def grade(self, data: bytes, filename: str | None = None) -> dict:
         """The result for one uploaded file; `UploadRejected` with the status if unusable."""
         name = display_name(filename)
-        check_is_image(data, name)
+        if not data:
+            raise UploadRejected(400, f"{name}: the file is empty (0 bytes)")
         try:  # decoded from memory: the upload never touches the disk
             image = self.grader.load(io.BytesIO(data))
+        except TooManyPixels as error:
+            raise UploadRejected(413, f"{name}: {error.reason}") from None
+        except NotAnImage as error:
+            raise UploadRejected(415, f"{name}: {error.reason}") from None
         except RejectedImage as error:
             raise UploadRejected(422, f"{name}: cannot be graded as a colour fundus "
                                       f"photograph: {error.reason}") from None
@@ -129,7 +120,7 @@ class PhotographGrader:
             "probabilities": prediction.probabilities,
             "score": prediction.score,
             # The score's cut points between grades, so the page can place it on the scale.
-            "cut_points": [float(t) for t in self.grader.thresholds] if regression else None,
+            "cut_points": [float(t) for t in self.grader.card.cut_points] if regression else None,
             "heat_map": heat_map,
             "heat_map_method": self.explain_method if heat_map else None,
             "heat_map_note": self.heat_map_note,
