@@ -20,11 +20,10 @@ def _add_source_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_layout_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--format", default="auto",
-        help="layout: lab, eyepacs, aptos, idrid, ddr, messidor2, folders, medmnist, "
-             "prepared, or auto (detected when unambiguous)",
-    )
+    from drgrade.data.sources import READERS
+
+    parser.add_argument("--format", default="auto", choices=["auto", *READERS],
+                        help="dataset layout (auto: detected when unambiguous)")
     parser.add_argument("--labels", type=Path, help="label CSV (or folder) if not in SOURCE")
     parser.add_argument("--images", type=Path, help="image folder if not where the layout says")
 
@@ -163,7 +162,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     """Grade raw photographs into a CSV, optionally with heat maps."""
-    from drgrade.inference.grader import load_grader
+    from drgrade.inference.loader import load_grader
     from drgrade.inference.predict import predict
 
     grader = load_grader(args.model)
@@ -199,8 +198,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, unless there is none or its help already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or "(default:" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every command."""
+    # The allowed values live with the library code that uses them.
+    from drgrade.data.fundus import ENHANCEMENTS
+    from drgrade.data.prepare import FORMATS as IMAGE_FORMATS
+    from drgrade.inference.grader import HEAT_MAP_METHODS
+
     parser = argparse.ArgumentParser(
         prog="drgrade",
         description="Grade diabetic retinopathy (0 no DR .. 4 proliferative) "
@@ -209,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"drgrade {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     # Every option's help line shows its default.
-    command = partial(commands.add_parser, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    command = partial(commands.add_parser, formatter_class=DefaultsHelpFormatter)
 
     download = command(
         "download", help="fetch RetinaMNIST (MD5-checked), or how to get the others",
@@ -240,11 +253,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_source_options(prepare)
     prepare.add_argument("--out", type=Path, required=True, help="output folder")
     prepare.add_argument("--size", type=int, default=512, help="side of the square output")
-    prepare.add_argument("--enhance", choices=["none", "ben-graham"], default="none",
+    prepare.add_argument("--enhance", choices=ENHANCEMENTS, default=ENHANCEMENTS[0],
                          help="Ben Graham local-colour subtraction")
     prepare.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                          help="parallel processes")
-    prepare.add_argument("--image-format", choices=["jpg", "png"], default="jpg",
+    prepare.add_argument("--image-format", choices=list(IMAGE_FORMATS), default="jpg",
                          help="cached image format: jpg (quality 95, 4:4:4) or png")
     prepare.add_argument("--allow-missing", action="store_true",
                          help="go on with the listed images that exist, reporting the rest")
@@ -390,7 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--explain", type=Path, metavar="DIR",
                          help="write a heat map PNG per graded image into DIR "
                               "(photograph beside the overlay)")
-    predict.add_argument("--explain-method", choices=["gradcam", "gradcam++"],
+    predict.add_argument("--explain-method", choices=list(HEAT_MAP_METHODS),
                          default="gradcam", help="heat map method")
     # One core fewer than there are, so the model keeps one (benchmarks/RESULTS.md).
     predict.add_argument("--workers", type=int, default=min(4, max(1, (os.cpu_count() or 1) - 1)),
@@ -427,7 +440,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000, help="port to listen on (0: a free one)")
     serve.add_argument("--max-upload-mb", type=float, default=20.0,
                        help="largest photograph accepted, in MB")
-    serve.add_argument("--explain-method", choices=["gradcam", "gradcam++"], default="gradcam",
+    serve.add_argument("--explain-method", choices=list(HEAT_MAP_METHODS), default="gradcam",
                        help="heat map method")
     serve.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
                        help="another host name or address browsers may use to reach the page "

@@ -184,7 +184,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, skip: tuple[str, ...] 
         flag = "--" + spec.name.replace("_", "-")
         kind = _field_type(spec)
         default = spec.default if spec.default is not MISSING else None
-        help_text = f"{spec.metadata['help']} (default: {default})"
+        help_text = spec.metadata["help"] + ("" if default is None else f" (default: {default})")
         if kind is bool:
             parser.add_argument(flag, dest=spec.name, action=argparse.BooleanOptionalAction,
                                 default=None, help=help_text)

@@ -13,7 +13,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image
 
-from drgrade.data.fundus import preprocess
+from drgrade.data.fundus import Photograph, preprocess_photograph
 from drgrade.model_card import ModelCard
 
 
@@ -44,10 +44,15 @@ class Preprocessor:
         self.card = card
         self.transform = EvalTransform(card.image_size, card.mean, card.std)
 
-    def load(self, source: Path | str | BinaryIO) -> Image.Image:
+    def photograph(self, source: Path | str | BinaryIO) -> Photograph:
         """The photograph (a file, or an open binary one) as training saw it: fundus crop,
-        size and enhancement of `drgrade prepare`; `RejectedImage` says why it cannot be."""
-        return preprocess(source, self.card.prepare_size, self.card.enhance)
+        size and enhancement of `drgrade prepare`, with a warning if it had no colour;
+        `RejectedImage` says why it cannot be."""
+        return preprocess_photograph(source, self.card.prepare_size, self.card.enhance)
+
+    def load(self, source: Path | str | BinaryIO) -> Image.Image:
+        """The preprocessed image of `photograph`."""
+        return self.photograph(source).image
 
     def array(self, source: Path | str | BinaryIO) -> np.ndarray:
         """The network input (3, S, S) of a photograph; `RejectedImage` if unusable."""

@@ -76,7 +76,7 @@ def write_evaluation(folder: Path, scored: Scored, new_format: bool = True,
     return folder
 
 
-def _arrays(folder: Path) -> dict[str, np.ndarray]:
+def prediction_arrays(folder: Path) -> dict[str, np.ndarray]:
     table = pd.read_csv(folder / PREDICTIONS_FILE, dtype={"patient": str})
     return {"truth": table["grade"].to_numpy(), "predicted": table["predicted"].to_numpy(),
             "score": table["referable_score"].to_numpy(), "patients": table["patient"].to_numpy()}
@@ -98,7 +98,7 @@ def test_a_clearly_better_model_excludes_zero(tmp_path, capsys):
 
     # The JSON holds exactly compare_models on the two files, patients resampled.
     saved = json.loads(out.read_text())
-    x, y = _arrays(a), _arrays(b)
+    x, y = prediction_arrays(a), prediction_arrays(b)
     expected = compare_models(x["truth"], x["predicted"], x["score"], y["predicted"],
                               y["score"], x["patients"], resamples=RESAMPLES)
     for name, difference in expected.items():
@@ -129,7 +129,7 @@ def test_rows_are_paired_by_image_id_and_unreadable_ones_left_out(tmp_path):
     comparison = compare_evaluations(a, b, resamples=RESAMPLES)
     assert comparison.n_unreadable == 3 and comparison.n_images == N_IMAGES - 3
     assert "3 unreadable for A or B left out" in comparison.lines()[2]
-    x, y = _arrays(a), _arrays(b)
+    x, y = prediction_arrays(a), prediction_arrays(b)
     order = pd.Series(range(len(y["truth"])),
                       index=pd.read_csv(b / PREDICTIONS_FILE)["image"])
     keep = ~np.isnan(x["predicted"])
@@ -170,7 +170,7 @@ def test_data_names_the_evaluation_folder_of_both_runs(tmp_path, capsys):
 def test_different_image_sets_are_refused(tmp_path, capsys):
     a = write_evaluation(tmp_path / "a", synthetic_scored(noise=1.0, seed=1))
     b = write_evaluation(tmp_path / "b", synthetic_scored(noise=1.0, seed=2, n=N_IMAGES - 4))
-    with pytest.raises(DrgradeError, match=r"different images:\n.*4 image\(s\) in "
+    with pytest.raises(DrgradeError, match=r"(?s)different images:\n.*4 image\(s\) in "
                                            r".*a/predictions.csv but not in .*b/predictions"
                                            r".*same data and split"):
         run_compare(a, b, resamples=RESAMPLES)

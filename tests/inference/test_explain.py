@@ -12,7 +12,8 @@ from drgrade.cli import main
 from drgrade.data.synthetic import synthetic_fundus
 from drgrade.errors import DrgradeError
 from drgrade.inference.explain import caption, heat_maps, target_layer
-from drgrade.inference.grader import Prediction, load_grader
+from drgrade.inference.grader import Prediction
+from drgrade.inference.loader import load_grader
 from drgrade.inference.predict import find_images, iter_batches, predict
 from drgrade.inference.torch_grader import TorchGrader
 from drgrade.model_card import ModelCard

@@ -12,7 +12,7 @@ from drgrade.cli import main
 from drgrade.errors import DrgradeError
 from drgrade.inference import export
 from drgrade.inference.export import export_onnx
-from drgrade.inference.grader import load_grader
+from drgrade.inference.loader import load_grader
 from drgrade.inference.onnx_grader import OnnxGrader
 from drgrade.inference.predict import predict
 from drgrade.inference.torch_grader import TorchGrader

@@ -9,7 +9,8 @@ from drgrade.errors import DrgradeError
 from drgrade.inference.predict import find_images, iter_batches, predict
 from drgrade.inference.torch_grader import TorchGrader
 
-COLUMNS = ["image", "grade", "grade_name", "p0", "p1", "p2", "p3", "p4", "referable", "error"]
+COLUMNS = ["image", "grade", "grade_name", "p0", "p1", "p2", "p3", "p4", "referable", "error",
+           "warning"]
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +87,8 @@ def test_regression_head_writes_scores(regression_run, photographs, tmp_path):
     out = tmp_path / "scores.csv"
     predict(grader, sorted(photographs.glob("*.jpg"))[:3], out, workers=0, progress=False)
     table = pd.read_csv(out, keep_default_na=False)
-    assert list(table.columns) == ["image", "grade", "grade_name", "score", "referable", "error"]
+    assert list(table.columns) == ["image", "grade", "grade_name", "score", "referable", "error",
+                                   "warning"]
     cuts = np.array(grader.card.cut_points)
     assert (np.searchsorted(cuts, table["score"].astype(float)) == table["grade"]).all()
 
@@ -114,3 +116,30 @@ def test_cli_predict(tiny_run, photographs, odd_folder, tmp_path, capsys):
     assert len(pd.read_csv(out)) == 21
     assert main(["predict", str(tiny_run), str(photographs), "--batch-size", "0"]) == 2
     assert "--batch-size must be at least 1" in capsys.readouterr().err
+
+
+def test_a_greyscale_photograph_is_graded_with_a_warning(grader, photographs, tmp_path):
+    from PIL import Image
+
+    grey = tmp_path / "grey.png"
+    with Image.open(photographs / "IDRiD_001.jpg") as photo:
+        photo.convert("L").reduce(4).save(grey)
+    out = tmp_path / "grey.csv"
+    summary = predict(grader, [grey, photographs / "IDRiD_002.jpg"], out, workers=0,
+                      progress=False)
+    table = pd.read_csv(out, keep_default_na=False).set_index("image")
+    assert table.loc[str(grey), "grade"] != "" and "colour" in table.loc[str(grey), "warning"]
+    assert table.loc[str(photographs / "IDRiD_002.jpg"), "warning"] == ""
+    assert f"warning: {grey}" in str(summary)
+
+
+def test_broken_links_in_a_folder_are_rows_with_the_reason(grader, photographs, tmp_path):
+    folder = tmp_path / "scan"
+    folder.mkdir()
+    (folder / "a.jpg").symlink_to(photographs / "IDRiD_001.jpg")
+    (folder / "gone.jpg").symlink_to(tmp_path / "deleted.jpg")
+    out = tmp_path / "scan.csv"
+    summary = predict(grader, [folder], out, workers=0, progress=False)
+    table = pd.read_csv(out, keep_default_na=False).set_index("image")
+    assert len(table) == 2 and summary.graded == 1
+    assert table.loc[str(folder / "gone.jpg"), "error"] == "file not found"

@@ -12,7 +12,8 @@ from PIL import Image, ImageDraw
 
 from drgrade.cli import main
 from drgrade.grades import GRADE_NAMES
-from drgrade.inference.grader import GraderBase, load_grader
+from drgrade.inference.grader import GraderBase
+from drgrade.inference.loader import load_grader
 from drgrade.serve.app import create_app, listen_socket, socket_url
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from drgrade.inference.grader import load_grader
+from drgrade.inference.loader import load_grader
 
 # Chromium from Debian's package (.ci/run installs it); Playwright's own download is not used.
 CHROMIUM = os.environ.get("DRGRADE_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"

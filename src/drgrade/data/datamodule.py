@@ -24,6 +24,9 @@ from drgrade.model_card import ModelCard
 from drgrade.preprocessing import EvalTransform
 
 TRAINABLE_LAYOUTS = ("prepared", "medmnist")
+# What to do when a prepared folder has lost images (train has no --allow-missing).
+MISSING_FIX = ("restore them, or prepare the dataset again with `drgrade prepare`, which "
+               "lists the images it cannot find")
 
 
 class GradingDataModule(L.LightningDataModule):
@@ -39,7 +42,7 @@ class GradingDataModule(L.LightningDataModule):
                 f"e.g. `drgrade prepare {config.data} --out DIR --size {config.image_size}`, "
                 "and train on DIR"
             )
-        self.manifest = manifest.require_images()
+        self.manifest = manifest.require_images(fix=MISSING_FIX)
         self.table = carve_validation(self.manifest.table, config.val_fraction, config.seed)
         for split in ("train", "val") + (("test",) if config.track_test else ()):
             if not (self.table["split"] == split).any():

@@ -46,14 +46,16 @@ class Manifest:
         """Number of listed images found on disk."""
         return int((self.table["path"] != "").sum())
 
-    def require_images(self, allow_missing: bool = False) -> Manifest:
-        """This manifest without missing images; an error listing them unless allowed."""
+    def require_images(self, allow_missing: bool = False,
+                       fix: str = "use --allow-missing to go on with the images that exist"
+                       ) -> Manifest:
+        """This manifest without missing images; an error listing them (and `fix`, what the
+        command at hand offers) unless allowed."""
         if not self.missing:
             return self
         if not allow_missing:
             raise problems_error(
-                f"{len(self.missing)} of {len(self.table)} listed images are missing "
-                "(use --allow-missing to go on with the images that exist)",
+                f"{len(self.missing)} of {len(self.table)} listed images are missing ({fix})",
                 self.missing,
             )
         kept = self.table[self.table["path"] != ""].reset_index(drop=True)

@@ -49,6 +49,9 @@ from drgrade.run_folder import (
     run_of,
 )
 
+MISSING_FIX = ("restore them; an evaluation scores every listed image, so a set without them "
+               "is another set: prepare it with `drgrade prepare --allow-missing` and "
+               "evaluate that folder")
 CACHE_DIR = "cache"  # raw photographs prepared for the model, inside the evaluation folder
 
 
@@ -134,7 +137,7 @@ def score_split(grader: TorchGrader, data: str, split: str, *, layout: str = "au
                 workers: int | None = None, progress: bool = True) -> Scored:
     """The model's outputs on every image of one split of `data`."""
     card = grader.card
-    manifest = read_source(data, layout, labels, images).require_images()
+    manifest = read_source(data, layout, labels, images).require_images(fix=MISSING_FIX)
     unreadable = manifest.table.iloc[:0].assign(reason="")
     if manifest.layout == "medmnist":
         if card.prepare is not None:

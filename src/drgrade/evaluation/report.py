@@ -26,6 +26,7 @@ from drgrade.evaluation.compare import (
     Comparison,
     compare_evaluations,
     difference_text,
+    evaluation_folder,
     evaluations_of,
 )
 from drgrade.evaluation.intervals import RESAMPLES
@@ -93,7 +94,7 @@ def _run_row(run: Path) -> dict:
         row["chosen_epoch"] = int(log.loc[log["val_kappa"].idxmax(), "epoch"]) + 1
     if (run / METRICS_FILE).is_file():
         metrics = json.loads((run / METRICS_FILE).read_text())
-        row |= {key: metrics[key] for key in (*METRICS, "majority_accuracy", "n_images")}
+        row |= {key: metrics[key] for key in METRICS}
         row["metrics"] = metrics
     return row
 
@@ -210,7 +211,7 @@ PATIENTS: Columns = {
                           ("threshold_specificity", "specificity (validation threshold)"))},
 }
 RECALL: Columns = {f"recall {g} {name}": (lambda m, key=f"{g} {name}":
-                                          m["per_class"][key]["recall"])
+                                          _fmt(m["per_class"][key]["recall"]))
                    for g, name in enumerate(GRADE_NAMES)}
 CALIBRATION: Columns = {
     "expected calibration error": lambda m: _fmt(_part(m, "calibration",
@@ -262,7 +263,8 @@ def comparisons(runs: pd.DataFrame, resamples: int = RESAMPLES,
     result = []
     for option, a, b in comparison_pairs(runs):
         try:
-            outcome = compare_evaluations(folders[a], folders[b], resamples, seed)
+            outcome = compare_evaluations(evaluation_folder(folders[a]),
+                                          evaluation_folder(folders[b]), resamples, seed)
         except DrgradeError as error:
             # One pair that cannot be compared (an older run) must not stop the report.
             outcome = str(error).splitlines()[0]
@@ -285,10 +287,13 @@ def curve_data(runs: pd.DataFrame, arch: str, image_size: int) -> pd.DataFrame:
     return pd.concat(frames).groupby(["init", "epoch"], as_index=False).mean()
 
 
+def _md_table(frame: pd.DataFrame) -> str:
+    return frame.to_markdown(floatfmt=".3f")
 
 
-def _md_table(frame: pd.DataFrame, index: bool = True) -> str:
-    return frame.to_markdown(index=index, floatfmt=".3f")
+def _text_table(frame: pd.DataFrame) -> str:
+    """Cells already formatted: tabulate must not reread `3.2e-05` or `0.410` as numbers."""
+    return frame.to_markdown(index=False, disable_numparse=True)
 
 
 def write_report(runs_dir: Path | str, resamples: int = RESAMPLES,
@@ -365,22 +370,22 @@ def _evaluations_section(evaluations: list[Evaluation]) -> list[str]:
              "A row per evaluation: the run's own test split, then each other dataset it was "
              f"scored on (`RUN/{EVALUATIONS_DIR}/NAME`, its baseline the run's training "
              "majority grade).", "",
-             _md_table(evaluation_table(evaluations, HEADLINE), index=False), "",
+             _text_table(evaluation_table(evaluations, HEADLINE)), "",
              "#### Referable DR (grade >= 2), per image", "",
              "At the model's grade, and at the referable-score threshold chosen on the run's "
              "validation split (reaching the target sensitivity there), applied unchanged.",
-             "", _md_table(evaluation_table(evaluations, REFERABLE), index=False), "",
+             "", _text_table(evaluation_table(evaluations, REFERABLE)), "",
              "#### Referable DR per patient (referable if either eye is)", ""]
     with_patients = [e for e in evaluations if e.metrics.get("patient_level")]
     if with_patients:
-        lines += [_md_table(evaluation_table(with_patients, PATIENTS), index=False), ""]
+        lines += [_text_table(evaluation_table(with_patients, PATIENTS)), ""]
     missing = len(evaluations) - len(with_patients)
     if missing:
         lines += [f"n/a for {missing} evaluation(s): no patient has more than one image there, "
                   "or metrics.json predates per-patient figures.", ""]
     return lines + ["#### Recall per grade", "",
                     "Where accuracy hides the rare grades.", "",
-                    _md_table(evaluation_table(evaluations, RECALL), index=False), ""]
+                    _text_table(evaluation_table(evaluations, RECALL)), ""]
 
 
 def _comparisons_section(runs: pd.DataFrame, runs_dir: Path, figures: Path, resamples: int,
@@ -393,7 +398,8 @@ def _comparisons_section(runs: pd.DataFrame, runs_dir: Path, figures: Path, resa
         if isinstance(outcome, str):
             skipped.append(f"- {PAIRED[option]}, `{b}` - `{a}`: not compared: {outcome}")
             continue
-        row = {"comparison": PAIRED[option], "A": a, "B": b, "images": outcome.n_images}
+        row = {"comparison": PAIRED[option], "A": a, "B": b,
+               "images": f"{outcome.n_images:,}"}
         for key, label in COMPARED.items():
             d = outcome.differences[key]
             row |= {f"{label} A": _fmt(d.a), f"{label} B": _fmt(d.b),
@@ -413,7 +419,7 @@ def _comparisons_section(runs: pd.DataFrame, runs_dir: Path, figures: Path, resa
              f"{runs_dir}/A {runs_dir}/B --resamples {resamples} --seed {seed}` reproduces a "
              "row.", ""]
     if rows:
-        lines += [_md_table(pd.DataFrame(rows), index=False), ""]
+        lines += [_text_table(pd.DataFrame(rows)), ""]
     if plotted:
         path = plot_differences(pd.DataFrame(plotted), figures / "comparisons.png")
         lines += [f"![paired differences]({path.relative_to(figures.parent)})", ""]
@@ -466,7 +472,7 @@ def _calibration_section(runs: pd.DataFrame, evaluations: list[Evaluation],
     lines = ["## Calibration (classification heads)", "",
              "Top-grade confidence against accuracy; expected calibration error over 15 bins "
              "and the multiclass Brier score, from each metrics.json.", "",
-             _md_table(evaluation_table(shown, CALIBRATION), index=False), ""]
+             _text_table(evaluation_table(shown, CALIBRATION)), ""]
     for e in shown:
         figure = e.folder / "figures" / f"reliability_{e.metrics.get('split', 'test')}.png"
         if figure.is_file():

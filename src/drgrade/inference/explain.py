@@ -23,11 +23,11 @@ from torchvision.models import SwinTransformer, VisionTransformer
 
 from drgrade.errors import DrgradeError
 from drgrade.grades import GRADE_NAMES
-from drgrade.inference.grader import Batch, GraderBase, Prediction
+from drgrade.inference.grader import HEAT_MAP_METHODS, Batch, GraderBase, Prediction
 from drgrade.inference.torch_grader import TorchGrader
 
-CAM_METHODS = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus}
-METHOD_NAMES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++"}
+# The grad-cam class of each of HEAT_MAP_METHODS.
+CAM_METHODS = dict(zip(HEAT_MAP_METHODS, (GradCAM, GradCAMPlusPlus), strict=True))
 MIN_PANEL = 256  # small inputs (RetinaMNIST's 28 px) are enlarged so that they can be seen
 CAPTION_HEIGHT = 24
 
@@ -107,9 +107,9 @@ def caption(prediction: Prediction, method: str = "gradcam") -> str:
     name = Path(prediction.image).name
     grade = f"grade {prediction.grade} ({GRADE_NAMES[prediction.grade]})"
     if prediction.score is not None:
-        return f"{name}: {grade}, {METHOD_NAMES[method]} of the score {prediction.score:.2f}"
+        return f"{name}: {grade}, {HEAT_MAP_METHODS[method]} of the score {prediction.score:.2f}"
     probability = prediction.probabilities[prediction.grade]
-    return f"{name}: {grade}, p = {probability:.2f}, {METHOD_NAMES[method]}"
+    return f"{name}: {grade}, p = {probability:.2f}, {HEAT_MAP_METHODS[method]}"
 
 
 def render(photo: np.ndarray, heat_map: np.ndarray, text: str) -> Image.Image:

@@ -24,6 +24,9 @@ from drgrade.preprocessing import Preprocessor
 
 # Flip-TTA views: the image and its horizontal, vertical and double flips (NCHW axes).
 TTA_FLIPS = ((), (3,), (2,), (2, 3))
+# Heat-map methods (explain.py): name -> display name. Kept here, torch-free, so that the
+# CLI and the web page can list them without loading torch.
+HEAT_MAP_METHODS = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++"}
 
 
 @dataclass
@@ -35,6 +38,7 @@ class Prediction:
     probabilities: list[float] | None = None  # per grade (classification head)
     score: float | None = None  # continuous grade (regression head)
     error: str | None = None
+    warning: str | None = None  # graded, but with a caveat (e.g. a greyscale photograph)
 
     @property
     def grade_name(self) -> str | None:
@@ -113,10 +117,13 @@ class GraderBase:
     def predict_image(self, path: Path | str, tta: bool = False) -> Prediction:
         """Grade one photograph; an unusable file gives a Prediction with `error` set."""
         try:
-            image = self.load(path)
+            photograph = self.preprocessor.photograph(path)
         except DrgradeError as error:
             return Prediction(str(path), error=failure_reason(error))
-        return self.predictions([str(path)], self.outputs(self.to_batch([image]), tta))[0]
+        [prediction] = self.predictions([str(path)],
+                                        self.outputs(self.to_batch([photograph.image]), tta))
+        prediction.warning = photograph.warning
+        return prediction
 
 
 def failure_reason(error: Exception) -> str:
@@ -126,22 +133,3 @@ def failure_reason(error: Exception) -> str:
     if isinstance(error, DrgradeError):
         return str(error)
     return f"unexpected error ({type(error).__name__}: {error})"
-
-
-def is_onnx(model: Path | str) -> bool:
-    """Whether `model` names an exported ONNX file (else a run folder or a checkpoint)."""
-    return Path(model).suffix.lower() == ".onnx"
-
-
-def load_grader(model: Path | str, device: str | None = None) -> GraderBase:
-    """A grader from a run folder, a .ckpt, or an .onnx file written by `drgrade export`.
-
-    Only the PyTorch path imports torch.
-    """
-    if is_onnx(model):
-        from drgrade.inference.onnx_grader import OnnxGrader
-
-        return OnnxGrader(model)
-    from drgrade.inference.torch_grader import TorchGrader
-
-    return TorchGrader.from_checkpoint(model, device)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import multiprocessing
+import os
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -28,14 +29,25 @@ from drgrade.inference.grader import Batch, GraderBase, Prediction, failure_reas
 from drgrade.preprocessing import Preprocessor
 
 
+def _walk(folder: Path) -> list[Path]:
+    """Image files under `folder`, sorted. Broken links and sub-folders that cannot be read
+    are kept too, so that each becomes a row with its reason instead of vanishing."""
+    entries: list[Path] = []
+    unreadable: list[Path] = []
+    for root, _, files in os.walk(folder, followlinks=True,
+                                  onerror=lambda error: unreadable.append(Path(error.filename))):
+        entries += [Path(root) / name for name in files
+                    if Path(name).suffix.lower() in IMAGE_SUFFIXES]
+    return sorted(entries + unreadable)
+
+
 def find_images(paths: Sequence[Path | str]) -> list[Path]:
     """Files given, plus image files found recursively in folders given; no repeats."""
     found: dict[Path, None] = {}
     for path in map(Path, paths):
         if path.is_dir():
-            found.update((p, None) for p in sorted(path.rglob("*"))
-                         if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-        elif path.exists():
+            found.update((p, None) for p in _walk(path))
+        elif path.exists() or path.is_symlink():
             found[path] = None  # given by name: graded, or listed with the reason it fails
         else:
             raise DrgradeError(f"{path}: no such file or folder (PATH arguments of predict)")
@@ -45,16 +57,20 @@ def find_images(paths: Sequence[Path | str]) -> list[Path]:
     return list(found)
 
 
-def load_input(preprocessor: Preprocessor, path: Path) -> tuple[np.ndarray | None, str | None]:
-    """The network input of one photograph, or the reason it cannot be graded."""
+Loaded = tuple[np.ndarray | None, str | None, str | None]  # input, failure, warning
+
+
+def load_input(preprocessor: Preprocessor, path: Path) -> Loaded:
+    """The network input of one photograph and any warning, or the reason it cannot be graded."""
     try:
-        return preprocessor.array(path), None
+        photograph = preprocessor.photograph(path)
+        return preprocessor.transform(photograph.image), None, photograph.warning
     except Exception as error:  # one odd file must not stop a long run; it is listed
-        return None, failure_reason(error)
+        return None, failure_reason(error), None
 
 
 def _loaded(preprocessor: Preprocessor, images: list[Path], batch_size: int, workers: int
-            ) -> Iterator[list[tuple[np.ndarray | None, str | None]]]:
+            ) -> Iterator[list[Loaded]]:
     """Loaded inputs batch by batch; with workers, the next batch loads while this one is
     graded (one batch ahead, so memory stays bounded on any archive)."""
     load = partial(load_input, preprocessor)
@@ -79,15 +95,16 @@ def iter_batches(grader: GraderBase, images: list[Path], batch_size: int = 16,
     for items in _loaded(grader.preprocessor, images, batch_size, workers):
         names = [str(path) for path in images[start:start + len(items)]]
         start += len(items)
-        predictions = [Prediction(name, error=error) for name, (_, error) in zip(names, items,
-                                                                                 strict=True)]
-        graded = [k for k, (array, _) in enumerate(items) if array is not None]
+        predictions = [Prediction(name, error=error) for name, (_, error, _) in zip(names, items,
+                                                                                    strict=True)]
+        graded = [k for k, (array, _, _) in enumerate(items) if array is not None]
         if not graded:
             yield Batch(predictions)
             continue
         inputs = np.stack([items[k][0] for k in graded])
         results = grader.predictions([names[k] for k in graded], grader.outputs(inputs, tta))
         for k, result in zip(graded, results, strict=True):
+            result.warning = items[k][2]
             predictions[k] = result
         yield Batch(predictions, inputs, graded)
 
@@ -100,6 +117,7 @@ class PredictSummary:
     graded: int = 0
     failed: list[Prediction] = field(default_factory=list)
     grades: Counter = field(default_factory=Counter)
+    warned: list[Prediction] = field(default_factory=list)  # graded, with a caveat
     heat_maps: Path | None = None
     kaggle: bool = False  # failures are then only printed, so all of them are
 
@@ -110,6 +128,11 @@ class PredictSummary:
         lines += [f"  failed: {p.image}: {p.error}" for p in shown]
         if len(self.failed) > len(shown):
             lines.append(f"  ... and {len(self.failed) - len(shown)} more (see the error column)")
+        for p in self.warned[:10]:
+            lines.append(f"  warning: {p.image}: {p.warning}")
+        if len(self.warned) > 10:
+            lines.append(f"  ... and {len(self.warned) - 10} more warnings"
+                         f"{'' if self.kaggle else ' (see the warning column)'}")
         lines.append(f"written: {self.out}")
         if self.heat_maps:
             lines.append(f"heat maps: {self.heat_maps}")
@@ -121,7 +144,7 @@ def csv_header(regression: bool, kaggle: bool, explain: bool) -> list[str]:
     if kaggle:
         return ["image", "level"]
     values = ["score"] if regression else [f"p{g}" for g in range(NUM_GRADES)]
-    return ["image", "grade", "grade_name", *values, "referable", "error"] + (
+    return ["image", "grade", "grade_name", *values, "referable", "error", "warning"] + (
         ["heat_map"] if explain else [])
 
 
@@ -136,7 +159,7 @@ def csv_row(p: Prediction, regression: bool, kaggle: bool = False,
         values = [f"{p.score:.6g}"]
     else:
         values = [f"{v:.6g}" for v in p.probabilities]
-    row = [p.image, p.grade, p.grade_name, *values, p.referable, p.error or ""]
+    row = [p.image, p.grade, p.grade_name, *values, p.referable, p.error or "", p.warning or ""]
     return row if heat_map is None else [*row, heat_map]
 
 
@@ -191,6 +214,8 @@ def predict(grader: GraderBase, paths: Sequence[Path | str], out: Path | str,
                 else:
                     summary.graded += 1
                     summary.grades[p.grade] += 1
+                    if p.warning:
+                        summary.warned.append(p)
                 heat_map = maps.get(k, "") if heat_map_writer else None
                 writer.writerow(csv_row(p, grader.is_regression, kaggle, heat_map))
             handle.flush()

@@ -383,7 +383,7 @@ def serve(model: Path | str, host: str = "127.0.0.1", port: int = 8000,
           allowed_hosts: Iterable[str] = (), max_concurrent: int = DEFAULT_MAX_CONCURRENT,
           read_timeout: float = DEFAULT_READ_TIMEOUT) -> None:
     """Serve the page for `model` (run folder, .ckpt or .onnx) until interrupted."""
-    from drgrade.inference.grader import load_grader
+    from drgrade.inference.loader import load_grader
 
     # The address it listens on is a name browsers may use too (unless it is every address).
     allowed_hosts = [*allowed_hosts, *([] if host in WILDCARD_HOSTS else [host])]

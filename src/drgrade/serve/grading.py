@@ -87,7 +87,7 @@ class PhotographGrader:
         if not data:
             raise UploadRejected(400, f"{name}: the file is empty (0 bytes)")
         try:  # decoded from memory: the upload never touches the disk
-            image = self.grader.load(io.BytesIO(data))
+            photograph = self.grader.preprocessor.photograph(io.BytesIO(data))
         except TooManyPixels as error:
             raise UploadRejected(413, f"{name}: {error.reason}") from None
         except NotAnImage as error:
@@ -96,8 +96,9 @@ class PhotographGrader:
             raise UploadRejected(422, f"{name}: cannot be graded as a colour fundus "
                                       f"photograph: {error.reason}") from None
         with self.lock:
-            inputs = self.grader.to_batch([image])
+            inputs = self.grader.to_batch([photograph.image])
             prediction = self.grader.predictions([name], self.grader.outputs(inputs))[0]
+            prediction.warning = photograph.warning
             heat_map = self._heat_map(inputs, prediction) if self.layer is not None else None
         return self.result(prediction, heat_map)
 
@@ -124,4 +125,5 @@ class PhotographGrader:
             "heat_map": heat_map,
             "heat_map_method": self.explain_method if heat_map else None,
             "heat_map_note": self.heat_map_note,
+            "warning": prediction.warning,
         }

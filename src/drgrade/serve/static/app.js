@@ -117,6 +117,8 @@ function showResult(r) {
     $("heat-map").src = r.heat_map;
     $("heat-map-method").textContent = r.heat_map_method === "gradcam++" ? "Grad-CAM++" : "Grad-CAM";
   }
+  $("warning").hidden = !r.warning;
+  $("warning").textContent = r.warning || "";
   $("heat-map-note").hidden = !r.heat_map_note;
   $("heat-map-note").textContent = r.heat_map_note || "";
   $("result").hidden = false;
