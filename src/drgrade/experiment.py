@@ -23,6 +23,7 @@ from pathlib import Path
 
 import yaml
 
+from drgrade.atomic import write_text
 from drgrade.config import TrainConfig, load_config
 from drgrade.errors import DrgradeError
 from drgrade.evaluation.evaluate import evaluate
@@ -98,7 +99,7 @@ def run_experiment(path: Path | str, out: Path | str, overrides: dict | None = N
     out = Path(out)
     plan, cells = load_experiment(path, out, overrides)
     out.mkdir(parents=True, exist_ok=True)
-    (out / PLAN_FILE).write_text(yaml.safe_dump(plan, sort_keys=False))
+    write_text(out / PLAN_FILE, yaml.safe_dump(plan, sort_keys=False))
     started = time.monotonic()
     for number, cell in enumerate(cells, start=1):
         run = Path(cell.config.out)

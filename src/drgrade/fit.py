@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
 
+from drgrade.atomic import write_text
 from drgrade.checkpoint_io import AtomicCheckpointIO, remove_partial_saves, resumable_checkpoint
 from drgrade.config import TrainConfig
 from drgrade.data.datamodule import GradingDataModule
@@ -52,7 +53,7 @@ class EpochLog(Callback):
         # A resumed run rewrites the epochs it repeats.
         if len(log):
             log = log[log["epoch"] < row["epoch"]]
-        pd.concat([log, pd.DataFrame([row])]).to_csv(self.path, index=False)
+        write_text(self.path, pd.concat([log, pd.DataFrame([row])]).to_csv(index=False))
 
 
 def class_weights(counts: np.ndarray) -> list[float]:

@@ -13,15 +13,19 @@ import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay  # noqa: E402
 
+from drgrade.atomic import atomic_write  # noqa: E402
 from drgrade.grades import GRADE_NAMES, REFERABLE_GRADE  # noqa: E402
 
 TICKS = [f"{g}\n{name}" for g, name in enumerate(GRADE_NAMES)]
 
 
-def _save(figure, path: Path) -> Path:
+def save_figure(figure, path: Path) -> Path:
+    """Write `figure` as PNG (atomically: a kill leaves no half an image) and close it."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    with atomic_write(path, "wb") as handle:
+        figure.savefig(handle, format="png", dpi=120)
     plt.close(figure)
     return path
 
@@ -41,7 +45,7 @@ def plot_curves(log: pd.DataFrame, path: Path, title: str = "") -> Path:
         axis.legend()
     if title:
         figure.suptitle(title)
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def plot_confusion(matrix: np.ndarray, path: Path, normalize: bool, title: str = "") -> Path:
@@ -57,7 +61,7 @@ def plot_confusion(matrix: np.ndarray, path: Path, normalize: bool, title: str =
     axis.set(xlabel="predicted grade", ylabel="true grade",
              title=title or ("confusion matrix (row-normalised)" if normalize
                              else "confusion matrix (counts)"))
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def plot_referable_roc(grades: np.ndarray, score: np.ndarray, path: Path, title: str = "",
@@ -78,7 +82,7 @@ def plot_referable_roc(grades: np.ndarray, score: np.ndarray, path: Path, title:
     axis.set(title=title or "referable DR (grade >= 2) ROC",
              xlabel="1 - specificity (false positive rate)",
              ylabel="sensitivity (true positive rate)")
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def plot_comparison(data: pd.DataFrame, path: Path, title: str = "") -> Path:
@@ -94,7 +98,7 @@ def plot_comparison(data: pd.DataFrame, path: Path, title: str = "") -> Path:
     axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     axis.grid(alpha=0.3)
     axis.legend()
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def plot_resolution(table: pd.DataFrame, path: Path) -> Path:
@@ -112,7 +116,7 @@ def plot_resolution(table: pd.DataFrame, path: Path) -> Path:
         axis.set(xlabel="image size (px)", ylabel=label, xticks=list(values.columns))
         axis.grid(alpha=0.3)
         axis.legend()
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def plot_differences(differences: pd.DataFrame, path: Path) -> Path:
@@ -135,4 +139,4 @@ def plot_differences(differences: pd.DataFrame, path: Path) -> Path:
         axis.set(xlabel=f"{metric}: B - A (95% paired interval)", yticks=range(len(comparisons)),
                  yticklabels=comparisons, ylim=(len(comparisons) - 0.5, -0.5))
         axis.grid(alpha=0.3, axis="x")
-    return _save(figure, path)
+    return save_figure(figure, path)

@@ -13,6 +13,7 @@ from sklearn.metrics import brier_score_loss  # noqa: E402
 
 from drgrade.errors import DrgradeError  # noqa: E402
 from drgrade.grades import NUM_GRADES  # noqa: E402
+from drgrade.plots import save_figure  # noqa: E402
 
 BINS = 15
 
@@ -88,9 +89,4 @@ def plot_reliability(probabilities: np.ndarray, truth: np.ndarray, path: Path, t
              ylabel="accuracy (images per bin above the bars)",
              title=f"{title + ': ' if title else ''}reliability (ECE {ece:.3f})")
     axis.legend(loc="upper left")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)  # the resolution of the other figures
-    plt.close(figure)
-    return path
+    return save_figure(figure, path)

@@ -21,6 +21,7 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 from torchvision.models import SwinTransformer, VisionTransformer
 
+from drgrade.atomic import atomic_write
 from drgrade.errors import DrgradeError
 from drgrade.grades import GRADE_NAMES
 from drgrade.inference.grader import HEAT_MAP_METHODS, Batch, GraderBase, Prediction
@@ -168,6 +169,7 @@ class HeatMapWriter:
         written = {}
         for k, prediction, sheet in zip(batch.graded, graded, sheets, strict=True):
             target = self._target(prediction.image)
-            sheet.save(target)
+            with atomic_write(target, "wb") as handle:
+                sheet.save(handle, format="PNG")
             written[k] = str(target)
         return written
