@@ -362,9 +362,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = command(
         "report", help="write report.md and report.html for a folder of runs",
-        description="The lab's table (test accuracy, kappa, referable AUC; pretrained vs "
-                    "scratch), accuracy curves, confusion matrices and the resolution "
-                    "comparison, from the run folders in RUNS; unfinished cells are marked.",
+        description="The lab's table per image size (test accuracy, kappa, referable AUC "
+                    "with 95%% intervals; pretrained vs scratch), every run's evaluations "
+                    "(external datasets too) with intervals, the validation-fixed threshold "
+                    "and patient-level referral, paired comparisons (pretrained vs scratch, "
+                    "adjacent image sizes) with DeLong's p, accuracy curves, confusion "
+                    "matrices, reliability diagrams and the resolution plot, from the run "
+                    "folders in RUNS; unfinished cells are marked.",
     )
     report.add_argument("runs", type=Path, metavar="RUNS_DIR")
     report.set_defaults(run=cmd_report)

@@ -13,7 +13,7 @@ from drgrade.cli import main
 from drgrade.errors import DrgradeError
 from drgrade.evaluation.compare import difference_text
 from drgrade.evaluation.comparison import compare_models
-from drgrade.evaluation.metrics import _ci
+from drgrade.evaluation.metrics import format_interval
 from drgrade.evaluation.report import (
     HEADLINE,
     PATIENTS,
@@ -127,13 +127,13 @@ def test_report_numbers_come_from_the_runs(grid_run):
     one = metrics["resnet18-scratch-28px-seed1"]
     headline = evaluation_table(evaluations, HEADLINE).set_index("run")
     assert headline.loc["resnet18-scratch-28px-seed1", "kappa"] == \
-        _ci(one["intervals"]["quadratic_weighted_kappa"])
+        format_interval(one["intervals"]["quadratic_weighted_kappa"])
     recall = evaluation_table(evaluations, RECALL).set_index("run")
     assert recall.loc["resnet18-scratch-28px-seed1", "recall 4 proliferative"] == \
         f"{one['per_class']['4 proliferative']['recall']:.3f}"
     referable = evaluation_table(evaluations, REFERABLE).set_index("run")
     assert referable.loc["resnet18-scratch-28px-seed1", "sensitivity (model's grade)"] == \
-        _ci(one["intervals"]["referable_sensitivity"])
+        format_interval(one["intervals"]["referable_sensitivity"])
 
     # Curves: per epoch, the seed mean of the logged train and test accuracy.
     curves = curve_data(runs, "resnet18", 28)
@@ -235,7 +235,8 @@ def test_report_shows_intervals_and_external_evaluations(synthetic_grid):
     accuracy = metrics["intervals"]["accuracy"]
     assert (f"test accuracy: {100 * accuracy['estimate']:.2f}% [{100 * accuracy['low']:.2f}%, "
             f"{100 * accuracy['high']:.2f}%]") in cell
-    assert f"test kappa: {_ci(metrics['intervals']['quadratic_weighted_kappa'])}" in cell
+    kappa = format_interval(metrics["intervals"]["quadratic_weighted_kappa"])
+    assert f"test kappa: {kappa}" in cell
 
     evaluations = collect_evaluations(runs)
     external = next(e for e in evaluations if e.name == "idrid-release-test")
@@ -247,11 +248,11 @@ def test_report_shows_intervals_and_external_evaluations(synthetic_grid):
     referable = evaluation_table(evaluations, REFERABLE).set_index("evaluation")
     fixed = external.metrics["validation_threshold"]
     assert referable.loc["idrid-release-test", "sensitivity (that threshold)"] == \
-        _ci(fixed["sensitivity"])
+        format_interval(fixed["sensitivity"])
     patients = evaluation_table(evaluations, PATIENTS).set_index("evaluation")
     assert patients.loc["idrid-release-test", "patients"] == "119"
     assert patients.loc["idrid-release-test", "AUC"] == \
-        _ci(external.metrics["patient_level"]["referable_auc"])
+        format_interval(external.metrics["patient_level"]["referable_auc"])
 
     text = (synthetic_grid / "report.md").read_text()
     assert ["resnet18-pretrained-64px", "idrid-release-test", "`data/idrid-release`",

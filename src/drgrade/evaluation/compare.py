@@ -24,7 +24,7 @@ from drgrade.evaluation.comparison import (
     compare_models,
 )
 from drgrade.evaluation.intervals import LEVEL, RESAMPLES
-from drgrade.evaluation.metrics import _fmt
+from drgrade.evaluation.metrics import format_value
 from drgrade.run_folder import (
     CONFIG_FILE,
     EVALUATIONS_DIR,
@@ -155,7 +155,7 @@ class Comparison:
                  f"{LEVEL:.0%} intervals", ""]
         for name in COMPARED:
             d = self.differences[name]
-            lines.append(f"{LABELS[name]}: A {_fmt(d.a)}, B {_fmt(d.b)}, B - A "
+            lines.append(f"{LABELS[name]}: A {format_value(d.a)}, B {format_value(d.b)}, B - A "
                          f"{difference_text(d)}"
                          + (f", DeLong p = {_p_value(d.p_value)}" if name == "referable_auc"
                             else ""))

@@ -65,9 +65,12 @@ class Scored:
 
 
 def evaluation_folder(run: Path, data: str | None, split: str) -> Path:
-    """Where an evaluation goes: the run folder for its own data, else RUN/evaluations/NAME."""
-    if data is None:
+    """Where an evaluation goes: the run folder for its own test split (what the report
+    reads), else RUN/evaluations/<data>-<split>."""
+    if data is None and split == "test":
         return run
+    if data is None:
+        data = read_run_config(run)["data"]
     label = Path(data).stem if Path(data).is_file() else Path(data).name  # x.npz -> x
     name = re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-") or "data"
     return run / EVALUATIONS_DIR / f"{name}-{split}"

@@ -81,30 +81,34 @@ def referable_metrics(grades: np.ndarray, predicted: np.ndarray, score: np.ndarr
     return result
 
 
-def _fmt(value: float | None, percent: bool = False) -> str:
+def format_value(value: float | None, percent: bool = False) -> str:
+    """A metric as printed: three decimals, or a percentage; n/a where undefined."""
     if value is None:
         return "n/a"
     return f"{100 * value:.2f}%" if percent else f"{value:.3f}"
 
 
-def _ci(interval: dict | None, percent: bool = False) -> str:
+def format_interval(interval: dict | None, percent: bool = False) -> str:
     """`0.731 [0.702, 0.760]` from an {estimate, low, high} mapping."""
     if not interval or interval.get("estimate") is None:
         return "n/a"
     low, high = interval["low"], interval["high"]
-    bounds = f" [{_fmt(low, percent)}, {_fmt(high, percent)}]" if low is not None else ""
-    return _fmt(interval["estimate"], percent) + bounds
+    if low is None:
+        return format_value(interval["estimate"], percent)
+    bounds = f" [{format_value(low, percent)}, {format_value(high, percent)}]"
+    return format_value(interval["estimate"], percent) + bounds
 
 
 def metrics_table(metrics: dict) -> str:
     """The metrics as a readable text table: 95% intervals where computed, the baseline
     beside the accuracy, the screening threshold fixed on validation, patients, calibration."""
     intervals = metrics.get("intervals") or {}
+    ci, fmt = format_interval, format_value
 
     def value(name: str, percent: bool = False) -> str:
         if name in intervals:
-            return _ci(intervals[name], percent)
-        return _fmt(metrics[name], percent)
+            return ci(intervals[name], percent)
+        return fmt(metrics[name], percent)
 
     unreadable = metrics.get("n_unreadable")
     lines = [f"images: {metrics['n_images']:,}" + (
@@ -115,12 +119,12 @@ def metrics_table(metrics: dict) -> str:
                      f"{boot['unit']}, seed {boot['seed']}]")
     lines += [
         f"accuracy: {value('accuracy', True)}   (majority baseline, always grade "
-        f"{metrics['majority_grade']}: {_fmt(metrics['majority_accuracy'], True)})",
+        f"{metrics['majority_grade']}: {fmt(metrics['majority_accuracy'], True)})",
     ]
     if "data_majority_grade" in metrics:
         lines.append(f"  (grade {metrics['majority_grade']} is the training data's majority; "
                      f"this data's own, grade {metrics['data_majority_grade']}, scores "
-                     f"{_fmt(metrics['data_majority_accuracy'], True)})")
+                     f"{fmt(metrics['data_majority_accuracy'], True)})")
     lines += [
         f"quadratic weighted kappa: {value('quadratic_weighted_kappa')}",
         f"macro F1: {value('macro_f1')}",
@@ -132,7 +136,7 @@ def metrics_table(metrics: dict) -> str:
                      f"{row['f1']:>10.3f}{row['support']:>10,}")
     lines += [
         "",
-        f"referable DR (grade >= 2), prevalence {_fmt(metrics['referable_prevalence'], True)}:",
+        f"referable DR (grade >= 2), prevalence {fmt(metrics['referable_prevalence'], True)}:",
         f"  at the model's grade: sensitivity {value('referable_sensitivity')}, "
         f"specificity {value('referable_specificity')}",
         f"  ROC AUC: {value('referable_auc')}",
@@ -141,7 +145,7 @@ def metrics_table(metrics: dict) -> str:
     if fixed:
         lines.append(f"  at the threshold fixed on validation ({fixed['threshold']:.4g}, for "
                      f"sensitivity >= {fixed['target_sensitivity']:.2f} there): sensitivity "
-                     f"{_ci(fixed['sensitivity'])}, specificity {_ci(fixed['specificity'])}")
+                     f"{ci(fixed['sensitivity'])}, specificity {ci(fixed['specificity'])}")
     point = metrics["screening_point"]
     if point:
         lines.append(f"  specificity at {point['target_sensitivity']:.0%} sensitivity on this "
@@ -151,13 +155,13 @@ def metrics_table(metrics: dict) -> str:
     patients = metrics.get("patient_level")
     if patients:
         lines.append(f"  per patient ({patients['n_patients']:,}; referable if either eye is): "
-                     f"sensitivity {_ci(patients['referable_sensitivity'])}, specificity "
-                     f"{_ci(patients['referable_specificity'])}, AUC "
-                     f"{_ci(patients['referable_auc'])}")
+                     f"sensitivity {ci(patients['referable_sensitivity'])}, specificity "
+                     f"{ci(patients['referable_specificity'])}, AUC "
+                     f"{ci(patients['referable_auc'])}")
         if "threshold_sensitivity" in patients:
             lines.append(f"    at the validation threshold: sensitivity "
-                         f"{_ci(patients['threshold_sensitivity'])}, specificity "
-                         f"{_ci(patients['threshold_specificity'])}")
+                         f"{ci(patients['threshold_sensitivity'])}, specificity "
+                         f"{ci(patients['threshold_specificity'])}")
     calibration = metrics.get("calibration")
     if calibration:
         lines += ["", f"calibration: expected calibration error "

@@ -23,6 +23,7 @@ import yaml
 from drgrade.atomic import write_text
 from drgrade.errors import DrgradeError
 from drgrade.evaluation.compare import (
+    LABELS,
     Comparison,
     compare_evaluations,
     difference_text,
@@ -30,7 +31,7 @@ from drgrade.evaluation.compare import (
     evaluations_of,
 )
 from drgrade.evaluation.intervals import RESAMPLES
-from drgrade.evaluation.metrics import _ci, _fmt
+from drgrade.evaluation.metrics import format_interval, format_value
 from drgrade.grades import GRADE_NAMES
 from drgrade.plots import plot_comparison, plot_differences, plot_resolution
 from drgrade.run_folder import (
@@ -51,7 +52,7 @@ METRICS = {"accuracy": "test accuracy", "quadratic_weighted_kappa": "test kappa"
            "referable_auc": "referable AUC"}
 # Options a comparison pairs runs on: B - A is pretrained - scratch, larger - smaller size.
 PAIRED = {"pretrained": "pretrained vs scratch", "image_size": "resolution"}
-COMPARED = {"quadratic_weighted_kappa": "kappa", "referable_auc": "referable AUC"}
+COMPARED = {key: LABELS[key] for key in ("quadratic_weighted_kappa", "referable_auc")}
 
 
 def _init(pretrained: bool) -> str:
@@ -103,9 +104,9 @@ def _shown(metrics: dict, name: str, percent: bool = False) -> str:
     """A metric with its 95% interval; `[n/a]` where metrics.json has none (an older run)."""
     intervals = metrics.get("intervals") or {}
     if name in intervals:
-        return _ci(intervals[name], percent)
+        return format_interval(intervals[name], percent)
     value = metrics.get(name)
-    return "n/a" if value is None else f"{_fmt(value, percent)} [n/a]"
+    return "n/a" if value is None else f"{format_value(value, percent)} [n/a]"
 
 
 def _part(metrics: dict, section: str, key: str) -> dict | None:
@@ -184,26 +185,26 @@ HEADLINE: Columns = {
     "data": lambda m: f"`{m.get('data', 'n/a')}`",
     "images": _images,
     "accuracy": lambda m: _shown(m, "accuracy", percent=True),
-    "baseline: training majority": lambda m: _fmt(m["majority_accuracy"], percent=True),
-    "baseline: this data's majority": lambda m: _fmt(m.get("data_majority_accuracy"),
+    "baseline: training majority": lambda m: format_value(m["majority_accuracy"], percent=True),
+    "baseline: this data's majority": lambda m: format_value(m.get("data_majority_accuracy"),
                                                      percent=True),
     "kappa": lambda m: _shown(m, "quadratic_weighted_kappa"),
     "macro F1": lambda m: _shown(m, "macro_f1"),
     "referable AUC": lambda m: _shown(m, "referable_auc"),
 }
 REFERABLE: Columns = {
-    "prevalence": lambda m: _fmt(m["referable_prevalence"], percent=True),
+    "prevalence": lambda m: format_value(m["referable_prevalence"], percent=True),
     "sensitivity (model's grade)": lambda m: _shown(m, "referable_sensitivity"),
     "specificity (model's grade)": lambda m: _shown(m, "referable_specificity"),
     "threshold fixed on validation": _threshold,
-    "sensitivity (that threshold)": lambda m: _ci(_part(m, "validation_threshold",
+    "sensitivity (that threshold)": lambda m: format_interval(_part(m, "validation_threshold",
                                                          "sensitivity")),
-    "specificity (that threshold)": lambda m: _ci(_part(m, "validation_threshold",
+    "specificity (that threshold)": lambda m: format_interval(_part(m, "validation_threshold",
                                                          "specificity")),
 }
 PATIENTS: Columns = {
     "patients": lambda m: f"{m['patient_level']['n_patients']:,}",
-    **{label: (lambda m, key=key: _ci(_part(m, "patient_level", key)))
+    **{label: (lambda m, key=key: format_interval(_part(m, "patient_level", key)))
        for key, label in (("referable_sensitivity", "sensitivity (model's grade)"),
                           ("referable_specificity", "specificity (model's grade)"),
                           ("referable_auc", "AUC"),
@@ -211,12 +212,12 @@ PATIENTS: Columns = {
                           ("threshold_specificity", "specificity (validation threshold)"))},
 }
 RECALL: Columns = {f"recall {g} {name}": (lambda m, key=f"{g} {name}":
-                                          _fmt(m["per_class"][key]["recall"]))
+                                          format_value(m["per_class"][key]["recall"]))
                    for g, name in enumerate(GRADE_NAMES)}
 CALIBRATION: Columns = {
-    "expected calibration error": lambda m: _fmt(_part(m, "calibration",
+    "expected calibration error": lambda m: format_value(_part(m, "calibration",
                                                        "expected_calibration_error")),
-    "Brier score": lambda m: _fmt(_part(m, "calibration", "brier_score")),
+    "Brier score": lambda m: format_value(_part(m, "calibration", "brier_score")),
 }
 
 
@@ -348,13 +349,14 @@ def _lab_section(done: pd.DataFrame, sizes: list[int],
     own = ""
     if "data_majority_accuracy" in first:
         own = (f" (the test split's own most common grade, {first['data_majority_grade']}, "
-               f"scores {_fmt(first['data_majority_accuracy'], percent=True)})")
+               f"scores {format_value(first['data_majority_accuracy'], percent=True)})")
     lines = [
         "## Test results at the epoch chosen on validation", "",
         f"**Majority-class baseline** (always the most common training grade, "
-        f"{first['majority_grade']}): {_fmt(first['majority_accuracy'], percent=True)} test "
-        f"accuracy on {first['n_images']:,} images{own}. Accuracy alone says little; kappa "
-        "and referable AUC stand beside it.", "",
+        f"{first['majority_grade']}): "
+        f"{format_value(first['majority_accuracy'], percent=True)} test accuracy on "
+        f"{first['n_images']:,} images{own}. Accuracy alone says little; kappa and "
+        "referable AUC stand beside it.", "",
         "One seed: the estimate with its 95% interval. Several seeds: mean ± sd over seeds "
         "(each run's interval is in the tables below). The checkpoint of each run is the "
         "epoch with the best validation kappa; the test split never chose anything. "
@@ -402,7 +404,7 @@ def _comparisons_section(runs: pd.DataFrame, runs_dir: Path, figures: Path, resa
                "images": f"{outcome.n_images:,}"}
         for key, label in COMPARED.items():
             d = outcome.differences[key]
-            row |= {f"{label} A": _fmt(d.a), f"{label} B": _fmt(d.b),
+            row |= {f"{label} A": format_value(d.a), f"{label} B": format_value(d.b),
                     f"{label} B - A [95% CI]": difference_text(d)}
             if d.difference.low is not None:
                 plotted.append({"comparison": f"{b} - {a}", "metric": label,
