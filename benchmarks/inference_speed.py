@@ -1,10 +1,12 @@
 """Inference speed on the CPU: PyTorch eager against ONNX Runtime, and `predict` end to end.
 
     .venv/bin/python benchmarks/inference_speed.py        # --data ../shared/data --repeat 3
+    .venv/bin/python benchmarks/inference_speed.py --archs resnet18 --sizes 224 --repeat 1
+        # a quick check that it runs (a fraction of the cases)
 
 1. Network throughput (images/s) of ResNet-18 and ResNet-50 at 224 and 512 px, batch 1 and
-   32: `Grader.forward` (the GradingModule as `predict` runs it: eager, no_grad, in the
-   channels-last layout training uses), the same in PyTorch's default NCHW layout, and
+   32: `TorchGrader.forward` (the GradingNetwork as `predict` runs it: eager, no_grad, in
+   the channels-last layout training uses), the same in PyTorch's default NCHW layout, and
    `OnnxGrader.forward` (the same weights exported by `drgrade export`, in onnxruntime).
 2. `predict` end to end on the 20 full-size IDRiD photographs (decode + fundus crop + model,
    CSV written): ResNet-18 at 224 and 512 px, torch with 0/1/2 loader workers and
@@ -26,14 +28,17 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import onnxruntime
 import torch
 
-from drgrade.config import TrainConfig
-from drgrade.inference.export import OnnxGrader, export_onnx
-from drgrade.inference.grader import Grader, GraderBase
+from drgrade.inference.export import export_onnx
+from drgrade.inference.grader import GraderBase
+from drgrade.inference.onnx_grader import OnnxGrader
 from drgrade.inference.predict import predict
-from drgrade.training import GradingModule
+from drgrade.inference.torch_grader import TorchGrader
+from drgrade.model_card import ModelCard
+from drgrade.network import GradingNetwork
 
 ARCHS = ("resnet18", "resnet50")
 SIZES = (224, 512)
@@ -41,13 +46,12 @@ BATCHES = (1, 32)
 IMAGES_PER_TIMING = 32  # batch 1 is called 32 times (8 on one thread), batch 32 once
 
 
-def random_grader(arch: str, size: int, channels_last: bool = True) -> Grader:
-    """A randomly initialised grader whose checkpoint says: fundus crop at `size` px."""
-    config = TrainConfig(data="-", arch=arch, image_size=size,
-                         channels_last=channels_last).to_dict()
-    preprocessing = {"image_size": size, "mean": [0.5] * 3, "std": [0.5] * 3,
-                     "prepare": {"size": size, "enhance": "none"}}
-    return Grader(GradingModule(config, preprocessing, load_pretrained=False), device="cpu")
+def random_grader(arch: str, size: int, channels_last: bool = True) -> TorchGrader:
+    """A randomly initialised grader whose model card says: fundus crop at `size` px."""
+    card = ModelCard(arch=arch, head="classification", image_size=size, mean=[0.5] * 3,
+                     std=[0.5] * 3, prepare={"size": size, "enhance": "none"})
+    network = GradingNetwork(arch, "classification", channels_last=channels_last)
+    return TorchGrader(network, card, device="cpu")
 
 
 def seconds(run, calls: int, clock=time.perf_counter) -> float:
@@ -59,7 +63,8 @@ def seconds(run, calls: int, clock=time.perf_counter) -> float:
 
 
 def network_speed(repeat: int, folder: Path, batches: tuple[int, ...] = BATCHES,
-                  single_thread: bool = False) -> list[tuple]:
+                  single_thread: bool = False, archs: tuple[str, ...] = ARCHS,
+                  sizes: tuple[int, ...] = SIZES) -> list[tuple]:
     """(arch, size, batch, images/s of eager, eager NCHW and onnxruntime), best of `repeat`.
 
     `single_thread`: one thread each, timed in CPU seconds of this process, which other
@@ -71,17 +76,19 @@ def network_speed(repeat: int, folder: Path, batches: tuple[int, ...] = BATCHES,
     if single_thread:
         torch.set_num_threads(1)
     cases = []
-    for arch in ARCHS:
-        for size in SIZES:
+    for arch in archs:
+        for size in sizes:
             grader = random_grader(arch, size)
             # Training's default memory format is channels-last; this is the same network
             # in PyTorch's default NCHW layout.
             nchw = random_grader(arch, size, channels_last=False)
-            nchw.module.load_state_dict(grader.module.state_dict())
+            nchw.network.load_state_dict(grader.network.state_dict())
             exported = export_onnx(grader, folder / f"{arch}-{size}.onnx").path
             onnx = OnnxGrader(exported, threads)
             for batch in batches:
-                inputs = torch.randn(batch, 3, size, size)
+                # Graders take numpy batches, as predict gives them.
+                inputs = np.random.default_rng(0).standard_normal(
+                    (batch, 3, size, size), dtype=np.float32)
                 variants = {
                     "eager": lambda g=grader, x=inputs: g.forward(x),
                     "eager NCHW": lambda g=nchw, x=inputs: g.forward(x),
@@ -112,12 +119,13 @@ def print_network_table(rows: list[tuple], unit: str) -> None:
               f"{ort / eager:.2f}x |")
 
 
-def predict_speed(data: Path, repeat: int, folder: Path) -> dict[tuple, float]:
+def predict_speed(data: Path, repeat: int, folder: Path,
+                  sizes: tuple[int, ...] = SIZES) -> dict[tuple, float]:
     """Images/s of `predict` on the IDRiD photographs by (px, backend, workers), best round."""
     photographs = data / "idrid-train/fullres"
     count = len(list(photographs.glob("*.jpg")))
     variants: dict[tuple, GraderBase] = {}
-    for size in SIZES:
+    for size in sizes:
         grader = random_grader("resnet18", size)
         onnx = OnnxGrader(export_onnx(grader, folder / f"predict-{size}.onnx").path)
         for workers in (0, 1, 2):
@@ -142,22 +150,27 @@ def main() -> None:
     parser.add_argument("--part", choices=["all", "network", "predict", "single"],
                         default="all", help="run one part only (single: 1 thread, batch 1, "
                                             "images per CPU second)")
+    parser.add_argument("--archs", nargs="+", default=list(ARCHS), help="networks timed")
+    parser.add_argument("--sizes", nargs="+", type=int, default=list(SIZES), help="input px")
     args = parser.parse_args()
+    archs, sizes = tuple(args.archs), tuple(args.sizes)
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"torch {torch.__version__} ({torch.get_num_threads()} threads), onnxruntime "
           f"{onnxruntime.__version__}, load average {os.getloadavg()[0]:.1f}")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         if args.part in ("all", "network"):
-            print_network_table(network_speed(args.repeat, folder), "images per wall s")
+            rows = network_speed(args.repeat, folder, archs=archs, sizes=sizes)
+            print_network_table(rows, "images per wall s")
         if args.part in ("all", "predict"):
-            speeds = predict_speed(args.data, args.repeat, folder)
+            speeds = predict_speed(args.data, args.repeat, folder, sizes)
             print("\n| predict, 20 IDRiD photographs, ResNet-18, batch 16 | px | img/s |")
             print("|---|---:|---:|")
             for (size, backend, workers), rate in speeds.items():
                 print(f"| {backend}, workers {workers} | {size} | {rate:.2f} |")
         if args.part in ("all", "single"):  # last: it leaves torch on one thread
-            rows = network_speed(args.repeat, folder, batches=(1,), single_thread=True)
+            rows = network_speed(args.repeat, folder, batches=(1,), single_thread=True,
+                                 archs=archs, sizes=sizes)
             print_network_table(rows, "1 thread, images per CPU s")
     print(f"\nload average at the end {os.getloadavg()[0]:.1f}")
 

@@ -3,6 +3,8 @@
     .venv/bin/python benchmarks/retinamnist_accuracy.py [--config configs/retinamnist.yaml]
         [--seeds 0 1 2] [--set KEY=VALUE ...] [--name NAME] [--out /tmp/retinamnist-accuracy]
         [--prune]
+    .venv/bin/python benchmarks/retinamnist_accuracy.py --seeds 0 --set epochs=1 \
+        max_train_batches=2 --name quick --out /tmp/retinamnist-quick    # a check that it runs
 
 Each seed trains the recipe with drgrade's train() on the official split (1,080 train,
 120 val, 400 test) into OUT/NAME/seedN, then scores checkpoints chosen on validation with
@@ -37,12 +39,13 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from sklearn.metrics import cohen_kappa_score, roc_auc_score
 
 import drgrade.fit as fit
-from drgrade.config import load_config
+from drgrade.checkpoint import load_network
+from drgrade.config import TrainConfig, load_config
 from drgrade.data.datamodule import GradingDataModule
-from drgrade.evaluation.evaluate import decode, evaluate, predict_outputs
+from drgrade.evaluation.evaluate import evaluate
 from drgrade.grades import NUM_GRADES
-from drgrade.run_folder import CHECKPOINT_DIR
-from drgrade.training import load_module
+from drgrade.inference.torch_grader import TorchGrader
+from drgrade.run_folder import CHECKPOINT_DIR, read_run_config, run_of
 
 ROOT = Path(__file__).resolve().parents[1]
 NPZ = ROOT.parent / "shared" / "data" / "retinamnist" / "retinamnist.npz"
@@ -76,20 +79,36 @@ def one_vs_rest_auc(outputs: np.ndarray, grades: np.ndarray) -> float:
                           for k in range(NUM_GRADES) if 0 < (grades == k).sum() < len(grades)]))
 
 
+def load_run(checkpoint: Path) -> tuple[TorchGrader, GradingDataModule]:
+    """The checkpoint's grader and its run's training data (from the run's config.yaml)."""
+    network, card = load_network(checkpoint)
+    config = TrainConfig(**read_run_config(run_of(checkpoint)))
+    return TorchGrader(network, card), GradingDataModule(config)
+
+
+def split_outputs(grader: TorchGrader, data: GradingDataModule, split: str,
+                  tta: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities (or scores) and true grades of one split, as `drgrade predict` grades."""
+    outputs, grades = [], []
+    for images, batch_grades in data.loader(data.dataset(split)):
+        outputs.append(grader.outputs(images.numpy(), tta))
+        grades.append(batch_grades.numpy())
+    return np.concatenate(outputs), np.concatenate(grades)
+
+
 def score(checkpoint: Path, out: Path, tta: bool) -> dict:
     """evaluate() on the test split (metrics.json in `out`) plus the one-vs-rest AUC."""
     metrics = evaluate(checkpoint, split="test", tta=tta, out=out, progress=False)
-    module = load_module(checkpoint)
-    data = GradingDataModule(module.config)
-    outputs, grades = predict_outputs(module, data.loader(data.dataset("test")), tta, False)
+    grader, data = load_run(checkpoint)
+    outputs, grades = split_outputs(grader, data, "test", tta)
     epoch = torch.load(checkpoint, map_location="cpu", weights_only=True)["epoch"]
     result = {"epoch": int(epoch), "accuracy": metrics["accuracy"],
               "auc": one_vs_rest_auc(outputs, grades),
               "kappa": metrics["quadratic_weighted_kappa"],
               "referable_auc": metrics["referable_auc"]}
     # The same on val, where recipes may be compared without looking at test.
-    outputs, grades = predict_outputs(module, data.loader(data.dataset("val")), tta, False)
-    predicted = decode(module, outputs)[0]
+    outputs, grades = split_outputs(grader, data, "val", tta)
+    predicted = grader.decode(outputs)
     result |= {"val_accuracy": float(np.mean(predicted == grades)),
                "val_auc": one_vs_rest_auc(outputs, grades),
                "val_kappa": float(cohen_kappa_score(grades, predicted, weights="quadratic"))}
@@ -126,17 +145,17 @@ def run_seed(args, overrides: dict, seed: int) -> dict:
 
 def ensemble(args, seeds: list[int]) -> dict:
     """Test metrics of the seeds' best.ckpt models averaged (probabilities, or scores)."""
-    outputs, modules = [], []
+    outputs, graders = [], []
     for seed in seeds:
-        module = load_module(args.out / args.name / f"seed{seed}" / CHECKPOINT_DIR / "best.ckpt")
-        data = GradingDataModule(module.config)
-        out, grades = predict_outputs(module, data.loader(data.dataset("test")), False, False)
+        grader, data = load_run(args.out / args.name / f"seed{seed}" / CHECKPOINT_DIR
+                                / "best.ckpt")
+        out, grades = split_outputs(grader, data, "test", False)
         outputs.append(out)
-        modules.append(module)
+        graders.append(grader)
     mean = np.mean(outputs, axis=0)
-    if modules[0].is_regression:  # each model's cut points differ: average its decoded grades
-        predicted = np.rint(np.mean([decode(m, o)[0] for m, o in zip(modules, outputs,
-                                                                      strict=True)], axis=0))
+    if graders[0].is_regression:  # each model's cut points differ: average its decoded grades
+        predicted = np.rint(np.mean([g.decode(o) for g, o in zip(graders, outputs,
+                                                                  strict=True)], axis=0))
         referable = mean
     else:
         predicted, referable = mean.argmax(axis=1), mean[:, 2:].sum(axis=1)

@@ -75,7 +75,7 @@ def _loaded(preprocessor: Preprocessor, images: list[Path], batch_size: int, wor
     graded (one batch ahead, so memory stays bounded on any archive)."""
     load = partial(load_input, preprocessor)
     batches = [images[i:i + batch_size] for i in range(0, len(images), batch_size)]
-    if workers == 0:
+    if workers == 0 or len(batches) == 1:  # nothing to load ahead: a worker only costs
         yield from ([load(path) for path in batch] for batch in batches)
         return
     # spawn, not fork: the parent may hold threads (onnxruntime, torch) that fork would copy.
