@@ -5,9 +5,9 @@
         # a quick check that it runs (a fraction of the cases)
 
 1. Network throughput (images/s) of ResNet-18 and ResNet-50 at 224 and 512 px, batch 1 and
-   32: `TorchGrader.forward` (the GradingNetwork as `predict` runs it: eager, no_grad, in
+   32: `TorchGrader.probabilities` (the GradingNetwork as `predict` runs it: eager, no_grad, in
    the channels-last layout training uses), the same in PyTorch's default NCHW layout, and
-   `OnnxGrader.forward` (the same weights exported by `drgrade export`, in onnxruntime).
+   `OnnxGrader.probabilities` (the same weights exported by `drgrade export`, in onnxruntime).
 2. `predict` end to end on the 20 full-size IDRiD photographs (decode + fundus crop + model,
    CSV written): ResNet-18 at 224 and 512 px, torch with 0/1/2 loader workers and
    onnxruntime with 0/1.
@@ -90,9 +90,9 @@ def network_speed(repeat: int, folder: Path, batches: tuple[int, ...] = BATCHES,
                 inputs = np.random.default_rng(0).standard_normal(
                     (batch, 3, size, size), dtype=np.float32)
                 variants = {
-                    "eager": lambda g=grader, x=inputs: g.forward(x),
-                    "eager NCHW": lambda g=nchw, x=inputs: g.forward(x),
-                    "onnxruntime": lambda g=onnx, x=inputs: g.forward(x),
+                    "eager": lambda g=grader, x=inputs: g.probabilities(x),
+                    "eager NCHW": lambda g=nchw, x=inputs: g.probabilities(x),
+                    "onnxruntime": lambda g=onnx, x=inputs: g.probabilities(x),
                 }
                 cases.append(((arch, size, batch), variants))
     best: dict[tuple, float] = {}

@@ -38,6 +38,17 @@ def write_error(target: Path, error: OSError) -> DrgradeError:
     return DrgradeError(f"cannot write {target}: {reason}")
 
 
+def make_folder(folder: Path | str) -> Path:
+    """`folder` and its parents, created if missing; a DrgradeError if that is impossible."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise DrgradeError(f"cannot create the folder {folder}: "
+                           f"{error.strerror or error}") from None
+    return folder
+
+
 @contextmanager
 def atomic_write(target: Path | str, mode: str = "w", **open_options) -> Iterator[IO]:
     """Open a temporary file for writing that becomes `target` when the block ends cleanly.

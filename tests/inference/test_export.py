@@ -1,6 +1,7 @@
 """`drgrade export`: one .onnx file that grades like the checkpoint, with nothing else."""
 
 import json
+import os
 
 import numpy as np
 import onnx
@@ -89,3 +90,18 @@ def test_onnx_without_drgrade_metadata(onnx_model, tmp_path):
     (tmp_path / "junk.onnx").write_text("not a model")
     with pytest.raises(DrgradeError, match="not a loadable ONNX model"):
         load_grader(tmp_path / "junk.onnx")
+
+
+def test_export_never_creates_folders_nor_misnames_files(tiny_run, onnx_model, tmp_path,
+                                                         capsys):
+    missing = tmp_path / "nonexistent" / "dir" / "m.onnx"
+    assert main(["export", str(tiny_run), "--onnx", str(missing)]) == 2
+    assert "the folder" in capsys.readouterr().err and not missing.parent.parent.exists()
+    # An .onnx file or random bytes where a checkpoint belongs: said plainly.
+    assert main(["export", str(onnx_model), "--onnx", str(tmp_path / "again.onnx")]) == 2
+    assert "an ONNX model, not a checkpoint" in capsys.readouterr().err
+    junk = tmp_path / "junk.ckpt"
+    junk.write_bytes(os.urandom(4096))
+    assert main(["evaluate", str(junk), "--data", "x"]) == 2
+    error = capsys.readouterr().err
+    assert "not a loadable checkpoint" in error and "could run code" not in error

@@ -58,7 +58,7 @@ def test_batches_match_single_images(grader, photographs):
 def test_tta_averages_the_flips(grader, photographs):
     images = find_images([photographs])[:4]
     [batch] = iter_batches(grader, images, batch_size=4, tta=True)
-    flips = np.mean([grader.forward(np.ascontiguousarray(np.flip(batch.inputs, d)))
+    flips = np.mean([grader.probabilities(np.ascontiguousarray(np.flip(batch.inputs, d)))
                      for d in ((), (3,), (2,), (2, 3))], axis=0)
     np.testing.assert_allclose([p.probabilities for p in batch.predictions], flips, atol=1e-6)
 
@@ -143,3 +143,17 @@ def test_broken_links_in_a_folder_are_rows_with_the_reason(grader, photographs, 
     table = pd.read_csv(out, keep_default_na=False).set_index("image")
     assert len(table) == 2 and summary.graded == 1
     assert table.loc[str(folder / "gone.jpg"), "error"] == "file not found"
+
+
+def test_outputs_that_cannot_be_written_are_one_line_errors(tiny_run, photographs, tmp_path,
+                                                            capsys):
+    photo = str(photographs / "IDRiD_001.jpg")
+    assert main(["predict", str(tiny_run), photo, "--out", str(tmp_path)]) == 2
+    assert "it is a folder; give a file name" in capsys.readouterr().err
+    (tmp_path / "file").write_text("")
+    assert main(["predict", str(tiny_run), photo, "--out", str(tmp_path / "file/p.csv")]) == 2
+    assert "cannot create the folder" in capsys.readouterr().err
+    assert main(["predict", str(tiny_run), photo, "--out", str(tmp_path / "p.csv"),
+                 "--workers", "-1"]) == 2
+    assert "--workers must be 0" in capsys.readouterr().err
+    assert not (tmp_path / "p.csv").exists()

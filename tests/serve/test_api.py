@@ -166,8 +166,8 @@ class GradientFree(GraderBase):
         super().__init__(grader.card)
         self.inner = grader
 
-    def forward(self, batch: np.ndarray) -> np.ndarray:
-        return self.inner.forward(batch)
+    def probabilities(self, batch: np.ndarray) -> np.ndarray:
+        return self.inner.probabilities(batch)
 
 
 def test_graders_without_gradients_grade_without_heat_maps(grader, photograph):

@@ -76,7 +76,7 @@ class GraderBase:
     def is_regression(self) -> bool:
         return self.card.is_regression
 
-    def forward(self, batch: np.ndarray) -> np.ndarray:
+    def probabilities(self, batch: np.ndarray) -> np.ndarray:
         """Probabilities (N, 5) or scores (N,) of one view of a batch (N, 3, S, S)."""
         raise NotImplementedError
 
@@ -90,7 +90,7 @@ class GraderBase:
 
     def outputs(self, batch: np.ndarray, tta: bool = False) -> np.ndarray:
         """Per-grade probabilities (N, 5) or regression scores (N,), optionally flip-averaged."""
-        views = [self.forward(np.ascontiguousarray(np.flip(batch, axes)) if axes else batch)
+        views = [self.probabilities(np.ascontiguousarray(np.flip(batch, axes)) if axes else batch)
                  for axes in (TTA_FLIPS if tta else TTA_FLIPS[:1])]
         return np.mean(views, axis=0)
 

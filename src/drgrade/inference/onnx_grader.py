@@ -69,5 +69,5 @@ class OnnxGrader(GraderBase):
         inputs = np.ascontiguousarray(batch, dtype=np.float32)
         return self.session.run([output], {INPUT_NAME: inputs})[0]
 
-    def forward(self, batch: np.ndarray) -> np.ndarray:
+    def probabilities(self, batch: np.ndarray) -> np.ndarray:
         return self.run(output_names(self.head)[-1], batch)

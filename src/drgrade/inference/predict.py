@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from drgrade.atomic import atomic_write
+from drgrade.atomic import atomic_write, make_folder
 from drgrade.data.fundus import IMAGE_SUFFIXES
 from drgrade.errors import DrgradeError
 from drgrade.grades import GRADE_NAMES, NUM_GRADES
@@ -194,7 +194,7 @@ def predict(grader: GraderBase, paths: Sequence[Path | str], out: Path | str,
 
         heat_map_writer = HeatMapWriter(grader, Path(explain), explain_method)
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(out.parent)
     summary = PredictSummary(out, heat_maps=Path(explain) if explain is not None else None,
                              kaggle=kaggle)
     # disable=None: a progress bar on a terminal, none in a log file.

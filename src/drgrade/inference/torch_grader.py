@@ -40,6 +40,6 @@ class TorchGrader(GraderBase):
         return torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
 
     @torch.no_grad()
-    def forward(self, batch: np.ndarray) -> np.ndarray:
+    def probabilities(self, batch: np.ndarray) -> np.ndarray:
         outputs = self.network.probabilities(self.network(self.tensor(batch)))
         return outputs.float().cpu().numpy()
