@@ -65,3 +65,25 @@ def idrid_release(shared_data, tmp_path_factory) -> Path:
             os.symlink(real / "images" / f"{photograph}.jpg", release / image_dir / f"{name}.jpg")
         write_idrid_csv(release / labels, [(name, *grades[photo]) for name, photo in chosen[split]])
     return release
+
+
+@pytest.fixture(scope="session")
+def bilevel_png():
+    """A maker of decompression bombs: valid all-black 1-bit PNGs of any size, written row by
+    row, so 13000x13000 px (1.2 GB as RGB) is about 25 kB."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    def make(width: int, height: int) -> bytes:
+        packer = zlib.compressobj(9)
+        row = bytes(1 + (width + 7) // 8)  # filter byte 0, then the packed pixels
+        data = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
+        header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+        return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data)
+                + chunk(b"IEND", b""))
+
+    return make

@@ -305,20 +305,6 @@ def test_preprocess_npz_reference_is_resized_not_cropped(shared_data):
 # --- decompression bombs and the pixel limit -----------------------------------------------
 
 
-def bilevel_png(width: int, height: int) -> bytes:
-    """A valid all-black 1-bit PNG, written row by row: 13000x13000 is about 25 kB."""
-    def chunk(kind, data):
-        return (struct.pack(">I", len(data)) + kind + data
-                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
-
-    packer = zlib.compressobj(9)
-    row = bytes(1 + (width + 7) // 8)  # filter byte 0, then the packed pixels
-    data = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
-    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data)
-            + chunk(b"IEND", b""))
-
-
 class DecodeStarted(Exception):
     """Raised in place of decoding pixels, to show how far a load got."""
 
@@ -334,7 +320,8 @@ def no_decoding(monkeypatch):
 
 # 196 MP is past Pillow's own error threshold (2 x 89.5 MP), 100 MP past its warning one.
 @pytest.mark.parametrize("side", [14000, 10000])
-def test_a_decompression_bomb_is_refused_from_its_header(tmp_path, no_decoding, side):
+def test_a_decompression_bomb_is_refused_from_its_header(tmp_path, no_decoding, side,
+                                                        bilevel_png):
     data = bilevel_png(side, side)
     assert len(data) < 100_000
     path = tmp_path / "bomb.png"
@@ -357,7 +344,7 @@ def test_a_decompression_bomb_is_refused_from_its_header(tmp_path, no_decoding, 
 
 
 def test_the_pixel_limit_comes_from_the_parameter_then_the_environment(
-        tmp_path, monkeypatch, no_decoding):
+        tmp_path, monkeypatch, no_decoding, bilevel_png):
     path = tmp_path / "bomb.png"
     path.write_bytes(bilevel_png(13000, 13000))
     # Raised past the file: the header passes, and neither Pillow's warning nor its error

@@ -7,10 +7,8 @@ the tests that need concurrency run the app in uvicorn on a free loopback port, 
 
 import io
 import socket
-import struct
 import threading
 import time
-import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -21,6 +19,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image, ImageFile
 
+from drgrade.data.fundus import Photograph
 from drgrade.inference.grader import GraderBase
 from drgrade.model_card import ModelCard
 from drgrade.serve.app import create_app, listen_socket, uvicorn_server
@@ -49,28 +48,14 @@ class Slow(Uniform):
         self.lock = threading.Lock()
         self.running = self.peak = 0
 
-    def load(self, source) -> Image.Image:
+    def photograph(self, source) -> Photograph:
         with self.lock:
             self.running += 1
             self.peak = max(self.peak, self.running)
         time.sleep(self.seconds)
         with self.lock:
             self.running -= 1
-        return Image.new("RGB", (64, 64), (190, 95, 40))
-
-
-def bilevel_png(width: int, height: int) -> bytes:
-    """A valid all-black 1-bit PNG, written row by row: 13000x13000 is about 25 kB."""
-    def chunk(kind, data):
-        return (struct.pack(">I", len(data)) + kind + data
-                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
-
-    packer = zlib.compressobj(9)
-    row = bytes(1 + (width + 7) // 8)  # filter byte 0, then the packed pixels
-    data = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
-    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data)
-            + chunk(b"IEND", b""))
+        return Photograph(Image.new("RGB", (64, 64), (190, 95, 40)), "RGB")
 
 
 def png(image: Image.Image) -> bytes:
@@ -116,7 +101,8 @@ def post_photographs(port: int, count: int) -> list[httpx.Response]:
 # --- decompression bombs -------------------------------------------------------------------
 
 
-def test_a_decompression_bomb_is_refused_with_413_before_it_is_decoded(client, monkeypatch):
+def test_a_decompression_bomb_is_refused_with_413_before_it_is_decoded(client, monkeypatch,
+                                                                        bilevel_png):
     def load(self):
         raise AssertionError(f"decoded a {self.size} image")
 

@@ -15,7 +15,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image
 
-from drgrade.data.fundus import RejectedImage
+from drgrade.data.fundus import Photograph, RejectedImage
 from drgrade.errors import DrgradeError
 from drgrade.grades import GRADE_NAMES, REFERABLE_GRADE
 from drgrade.model_card import ModelCard
@@ -80,9 +80,10 @@ class GraderBase:
         """Probabilities (N, 5) or scores (N,) of one view of a batch (N, 3, S, S)."""
         raise NotImplementedError
 
-    def load(self, source: Path | str | BinaryIO) -> Image.Image:
-        """The photograph as training saw it; `RejectedImage` says why it cannot be."""
-        return self.preprocessor.load(source)
+    def photograph(self, source: Path | str | BinaryIO) -> Photograph:
+        """The photograph as training saw it, with any warning; `RejectedImage` says why it
+        cannot be."""
+        return self.preprocessor.photograph(source)
 
     def to_batch(self, images: list[Image.Image]) -> np.ndarray:
         """Network input (N, 3, S, S) for preprocessed images."""
@@ -117,7 +118,7 @@ class GraderBase:
     def predict_image(self, path: Path | str, tta: bool = False) -> Prediction:
         """Grade one photograph; an unusable file gives a Prediction with `error` set."""
         try:
-            photograph = self.preprocessor.photograph(path)
+            photograph = self.photograph(path)
         except DrgradeError as error:
             return Prediction(str(path), error=failure_reason(error))
         [prediction] = self.predictions([str(path)],

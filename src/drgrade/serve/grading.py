@@ -87,7 +87,7 @@ class PhotographGrader:
         if not data:
             raise UploadRejected(400, f"{name}: the file is empty (0 bytes)")
         try:  # decoded from memory: the upload never touches the disk
-            photograph = self.grader.preprocessor.photograph(io.BytesIO(data))
+            photograph = self.grader.photograph(io.BytesIO(data))
         except TooManyPixels as error:
             raise UploadRejected(413, f"{name}: {error.reason}") from None
         except NotAnImage as error:
