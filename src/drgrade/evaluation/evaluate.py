@@ -307,4 +307,4 @@ def write_figures(folder: Path, split: str, metrics: dict, scored: Scored,
                            points=points)
     if not grader.is_regression:
         plot_reliability(scored.outputs, grades, folder / f"reliability_{split}.png",
-                         title=f"{split}: reliability")
+                         title=split)
