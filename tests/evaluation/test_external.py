@@ -68,7 +68,8 @@ def test_second_evaluation_reuses_the_cache(tiny_run, idrid_release, external, c
     assert main(["evaluate", str(tiny_run), "--data", str(idrid_release), "--split", "test",
                  "--out", str(out), "--resamples", "500"]) == 0
     printed = capsys.readouterr().out
-    assert "skipped 60" in printed  # both sets were cached by the first run
+    assert "skipped 20" in printed  # the Testing Set was cached by the first run
+    assert len(list((out / "cache/images").iterdir())) == 20  # and nothing else
     assert "accuracy: " in printed and "[" in printed  # the interval beside the estimate
     again = json.loads((out / "metrics.json").read_text())
     assert again["accuracy"] == first["accuracy"]

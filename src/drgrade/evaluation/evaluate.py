@@ -93,11 +93,13 @@ def _check_prepared(manifest: Manifest, card: ModelCard) -> None:
             )
 
 
-def _prepare_raw(manifest: Manifest, card: ModelCard, cache: Path, workers: int | None,
-                 progress: bool) -> tuple[Manifest, pd.DataFrame]:
-    """Raw photographs -> a cache prepared as the model card says; the unreadable ones."""
+def _prepare_raw(manifest: Manifest, card: ModelCard, split: str, cache: Path,
+                 workers: int | None, progress: bool) -> tuple[Manifest, pd.DataFrame]:
+    """The scored split's raw photographs -> a cache prepared as the model card says; the
+    unreadable ones. Only that split is prepared (EyePACS' test split alone is 53,576)."""
     # An external set is scored whole: images the layout gives no split count as test.
     manifest.table.loc[manifest.table["split"] == "", "split"] = "test"
+    manifest.table = _scored_rows(manifest, split, None, own_data=False)
     # --workers 0 means "load in this process"; preparing needs at least one.
     result = prepare_dataset(manifest, cache, size=card.prepare_size, enhance=card.enhance,
                              workers=None if workers is None else max(workers, 1))
@@ -152,7 +154,7 @@ def score_split(grader: TorchGrader, data: str, split: str, *, layout: str = "au
     else:
         if cache is None:
             raise DrgradeError(f"{data}: raw photographs need a --cache folder to be prepared in")
-        manifest, unreadable = _prepare_raw(manifest, card, cache, workers, progress)
+        manifest, unreadable = _prepare_raw(manifest, card, split, cache, workers, progress)
     rows = _scored_rows(manifest, split, run_config, own_data)
     unreadable = unreadable[unreadable["split"] == split] if split != "all" else unreadable
     transform = EvalTransform(card.image_size, card.mean, card.std)
