@@ -27,3 +27,25 @@ def test_onnx_serve_app_imports_neither_torch_nor_lightning(onnx_model):
                             timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "[]"
+
+
+# Makes torch and Lightning impossible to import, as on a machine without them installed.
+WITHOUT_TORCH = """
+import importlib.abc, sys
+class NoTorch(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in ('torch', 'torchvision', 'lightning', 'torchmetrics'):
+            raise ModuleNotFoundError(f"No module named {name!r}")
+sys.meta_path.insert(0, NoTorch())
+from drgrade.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_onnx_predict_runs_where_torch_is_not_installed(onnx_model, photographs, tmp_path):
+    out = tmp_path / "no-torch.csv"
+    result = subprocess.run([sys.executable, "-c", WITHOUT_TORCH, "predict", str(onnx_model),
+                             str(photographs / "IDRiD_001.jpg"), "--out", str(out)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "graded 1" in result.stdout and out.is_file()
