@@ -55,3 +55,25 @@ def test_legacy_checkpoint_with_options_since_removed_loads(tmp_path):
     torch.save(state, edited)
     with pytest.raises(DrgradeError, match="another drgrade version .*lacks mean"):
         TorchGrader.from_checkpoint(edited)
+
+
+def test_legacy_run_is_evaluated_with_baseline_and_threshold_from_its_data(shared_data,
+                                                                           tmp_path):
+    import shutil
+
+    import yaml
+
+    from drgrade.evaluation.evaluate import evaluate
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    shutil.copy(LEGACY / "classification.ckpt", run / "checkpoints/best.ckpt")
+    data = str(shared_data / "retinamnist/retinamnist.npz")
+    (run / "config.yaml").write_text(yaml.safe_dump({"data": data, "val_fraction": 0.1,
+                                                     "seed": 0}))
+    metrics = evaluate(run, progress=False, resamples=100)
+    # The card has no training grades or threshold: both come from the run's own data.
+    assert metrics["majority_grade"] == 0  # RetinaMNIST's training majority
+    assert metrics["validation_threshold"]["threshold"] is not None
+    with pytest.raises(DrgradeError, match="records no training grades"):
+        evaluate(LEGACY / "classification.ckpt", data, out=tmp_path / "bare", progress=False)

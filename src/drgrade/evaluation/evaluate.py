@@ -194,7 +194,9 @@ def _baseline(card: ModelCard, run_config: dict | None) -> int:
         raise DrgradeError("the checkpoint records no training grades (it predates model "
                            "cards) and has no run folder to read them from; evaluate the run "
                            "folder instead of a copied .ckpt")
-    table = read_source(run_config["data"]).table
+    # The training split as training saw it: without the share carved out for validation.
+    table = carve_validation(read_source(run_config["data"]).table, run_config["val_fraction"],
+                             run_config["seed"])
     counts = np.bincount(table.loc[table["split"] == "train", "grade"], minlength=NUM_GRADES)
     return int(counts.argmax())
 
@@ -268,6 +270,7 @@ def evaluate(run_or_checkpoint: Path | str, data: str | None = None, split: str 
         raise DrgradeError(f"{checkpoint}: not inside a run folder, so its training data is "
                            "unknown; give the data to score with --data")
     source = run_config["data"] if own_data else str(data)
+    majority = _baseline(grader.card, run_config)  # before any work: it may be unknown
     out = Path(out) if out else evaluation_folder(run, data, split)
     out.mkdir(parents=True, exist_ok=True)
     scored = score_split(grader, source, split, layout=layout, labels=labels, images=images,
@@ -276,8 +279,7 @@ def evaluate(run_or_checkpoint: Path | str, data: str | None = None, split: str 
                          batch_size=batch_size, workers=workers, progress=progress)
     threshold = _validation_threshold(grader, run_config, tta, progress)
     metrics = {"checkpoint": str(checkpoint), "data": source, "split": split, "tta": tta,
-               **evaluation_metrics(grader, scored, _baseline(grader.card, run_config),
-                                    threshold, resamples, seed)}
+               **evaluation_metrics(grader, scored, majority, threshold, resamples, seed)}
     write_text(out / PREDICTIONS_FILE, predictions_table(grader, scored).to_csv(index=False))
     write_text(out / METRICS_FILE, json.dumps(metrics, indent=2) + "\n")
     write_figures(out / "figures", split, metrics, scored, grader)
