@@ -15,15 +15,7 @@ from drgrade.errors import DrgradeError
 from drgrade.model_card import HEADS
 from drgrade.models import build_model, expected_weights_file, head_outputs
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # These models are tiny at test sizes: on a busy 2-core machine extra intra-op threads
-    # only contend (a GoogLeNet forward took 5 s with 2 threads, 0.04 s with 1).
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture

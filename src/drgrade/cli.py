@@ -151,6 +151,19 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_search(args: argparse.Namespace) -> int:
+    """Search training options with Optuna, then report the recipe chosen on validation."""
+    from drgrade.config import config_overrides
+    from drgrade.search import run_search
+
+    # --out is the search's folder here; each trial gets its own run folder inside it.
+    overrides = {k: v for k, v in config_overrides(args).items()
+                 if v is not None and k != "out"}
+    markdown_file, html_file = run_search(args.search, args.out, args.trials, overrides)
+    print(f"report: {markdown_file} and {html_file}")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     """Write the report of the runs in a folder."""
     from drgrade.evaluation.report import write_report
@@ -296,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Evaluate a run folder (its best checkpoint) or a checkpoint on one split "
                     "of its own data or of any other dataset (an external test set: a "
                     "prepared folder or any raw layout, prepared once into --cache exactly as "
-                    "the model's card says). Writes predictions.csv, metrics.json with 95%% "
+                    "the model's card says). Writes predictions.csv, metrics.json with 95% "
                     "bootstrap intervals (patients resampled) and figures (confusion matrices, "
                     "referable ROC, reliability). The baseline is the run's training majority.",
     )
@@ -311,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--tta", action="store_true", help="average over flipped views")
     evaluate.add_argument("--out", type=Path,
                           help="folder for the results (default: the run folder for its own "
-                               "data, RUN/evaluations/<data>-<split> for other data)")
+                               "test split, RUN/evaluations/<data>-<split> otherwise)")
     evaluate.add_argument("--cache", type=Path,
                           help="where raw photographs are prepared for the model (default: "
                                "OUT/cache; reused by the next evaluation)")
@@ -360,10 +373,29 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_arguments(experiment, skip=("out",))
     experiment.set_defaults(run=cmd_experiment)
 
+    search = command(
+        "search", help="search training options with Optuna (seeded, resumable), chosen on "
+                       "validation kappa, and report the recipe with its test metrics",
+        description="Run a search file's trials (TPE sampler, median pruning on validation "
+                    "kappa) as run folders OUT/trial-N, the study kept in OUT/study.db: a "
+                    "rerun continues up to --trials in total and resumes a trial cut off "
+                    "mid-training. Then scores the best trial on its test split and writes "
+                    "OUT/search.md and search.html. Training options given as flags apply "
+                    "to every trial.",
+    )
+    search.add_argument("search", type=Path, help="search YAML file (base + set + space)")
+    search.add_argument("--out", type=Path, required=True,
+                        help="search folder: study.db, one run folder per trial, the report")
+    search.add_argument("--trials", type=int,
+                        help="trials in total, those already run included (default: the "
+                             "file's `trials:`, else 20)")
+    add_config_arguments(search, skip=("out",))
+    search.set_defaults(run=cmd_search)
+
     report = command(
         "report", help="write report.md and report.html for a folder of runs",
         description="The lab's table per image size (test accuracy, kappa, referable AUC "
-                    "with 95%% intervals; pretrained vs scratch), every run's evaluations "
+                    "with 95% intervals; pretrained vs scratch), every run's evaluations "
                     "(external datasets too) with intervals, the validation-fixed threshold "
                     "and patient-level referral, paired comparisons (pretrained vs scratch, "
                     "adjacent image sizes) with DeLong's p, accuracy curves, confusion "

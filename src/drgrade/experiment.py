@@ -24,7 +24,7 @@ from pathlib import Path
 import yaml
 
 from drgrade.atomic import write_text
-from drgrade.config import TrainConfig, load_config
+from drgrade.config import TrainConfig, load_config, read_yaml_file
 from drgrade.errors import DrgradeError
 from drgrade.evaluation.evaluate import evaluate
 from drgrade.fit import train
@@ -62,15 +62,9 @@ def load_experiment(path: Path | str, out: Path | str,
                     overrides: dict | None = None) -> tuple[dict, list[Cell]]:
     """The experiment plan (as written to OUT/experiment.yaml) and its cells."""
     path, out = Path(path), Path(out)
-    if not path.is_file():
-        raise DrgradeError(f"{path}: experiment file not found")
-    spec = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(spec, dict) or not isinstance(spec.get("grid"), dict) or not spec["grid"]:
+    spec = read_yaml_file(path, "experiment", EXPERIMENT_KEYS)
+    if not isinstance(spec.get("grid"), dict) or not spec["grid"]:
         raise DrgradeError(f"{path}: needs a `grid:` mapping of option: [values, ...]")
-    unknown = set(spec) - EXPERIMENT_KEYS
-    if unknown:
-        raise DrgradeError(f"{path}: unknown key(s) {', '.join(sorted(unknown))}; "
-                           f"an experiment has {', '.join(sorted(EXPERIMENT_KEYS))}")
     base = (path.parent / spec["base"]) if spec.get("base") else None
     grid = {key: values if isinstance(values, list) else [values]
             for key, values in spec["grid"].items()}

@@ -18,6 +18,7 @@ from drgrade.config import TrainConfig
 from drgrade.data.datamodule import GradingDataModule
 from drgrade.divergence import DivergenceGuard
 from drgrade.errors import DrgradeError
+from drgrade.loggers import logging_callbacks, make_logger
 from drgrade.plots import plot_curves
 from drgrade.run_folder import (
     BEST_CHECKPOINT,
@@ -27,7 +28,7 @@ from drgrade.run_folder import (
     last_checkpoint,
     write_run_files,
 )
-from drgrade.training import GradingModule
+from drgrade.training import GradingModule, RecordedEarlyStopping
 
 # drgrade prints its own summary; Lightning's start-up notes and tips are noise to users.
 logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
@@ -78,13 +79,18 @@ def make_trainer(config: TrainConfig, run: Path, progress: bool = True,
                              monitor=None, save_top_k=1, enable_version_counter=False)
     callbacks: list[Callback] = [best, latest, EpochLog(run / LOG_FILE),
                                  DivergenceGuard(config.lr, config.gradient_clip_val),
+                                 *logging_callbacks(config),
                                  *extra_callbacks]
+    if config.early_stopping_patience is not None:
+        callbacks.append(RecordedEarlyStopping(run, config.early_stopping_patience,
+                                               config.early_stopping_min_delta))
     if progress:
         callbacks.append(TQDMProgressBar())
     return L.Trainer(
         default_root_dir=run, max_epochs=config.epochs, accelerator=config.accelerator,
         devices=config.devices, num_nodes=config.num_nodes, strategy=config.strategy,
-        precision=config.precision, deterministic=config.deterministic, logger=False,
+        precision=config.precision, deterministic=config.deterministic,
+        logger=make_logger(config, run),
         callbacks=callbacks, num_sanity_val_steps=0, enable_progress_bar=progress,
         plugins=[AtomicCheckpointIO()], gradient_clip_val=config.gradient_clip_val,
         enable_model_summary=False, limit_train_batches=config.max_train_batches or 1.0,

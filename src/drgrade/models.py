@@ -1,8 +1,9 @@
-"""Models: torchvision backbones with a DR grading head, ImageNet weights, regression cut points.
+"""Models: torchvision or timm backbones with a DR grading head, pretrained weights.
 
 `build_model` takes any torchvision classification model by name (resnet18 and resnet50 are
-the lab's), optionally loads ImageNet weights (torchvision's hub cache, or a local file), and
-swaps its final classifier for a grading head:
+the lab's) or any timm model as `timm/<name>` (timm/efficientnet_b0, timm/convnext_tiny,
+timm/vit_small_patch16_224, ...), optionally loads pretrained weights (torchvision's hub
+cache or the Hugging Face hub cache, or a local file), and gives it a grading head:
 
 - classification: 5 logits, one per grade, decoded by argmax;
 - regression: 1 score on the 0-4 scale, decoded by 4 cut points fitted on validation
@@ -21,8 +22,13 @@ from http.client import HTTPException
 from pathlib import Path
 from urllib.parse import urlparse
 
+import timm
 import torch
 import torchvision
+from huggingface_hub import constants as hub_constants
+from huggingface_hub import hf_hub_download, try_to_load_from_cache
+from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+from safetensors.torch import load_file as load_safetensors
 from torch import nn
 from torchvision.models import get_model, get_model_weights, list_models
 
@@ -36,6 +42,7 @@ IMAGENET_CLASSES = 1000
 # drops packets hangs for minutes before the OS gives up.
 NETWORK_TIMEOUT_S = 30.0
 LAB_ARCHS = ("resnet18", "resnet50")
+TIMM_PREFIX = "timm/"  # `--arch timm/<name>`: a timm model instead of a torchvision one
 
 
 # ----------------------------------------------------------------------------- heads
@@ -63,10 +70,16 @@ def _check_arch(arch: str) -> None:
     if arch in names:
         return
     close = difflib.get_close_matches(arch.lower(), names, n=5, cutoff=0.6)
-    hint = f"did you mean {', '.join(close)}?" if close else f"the lab uses {', '.join(LAB_ARCHS)}."
+    if timm.is_model(arch):
+        hint = f"timm's {arch} is {TIMM_PREFIX}{arch}."
+    elif close:
+        hint = f"did you mean {', '.join(close)}?"
+    else:
+        hint = f"the lab uses {', '.join(LAB_ARCHS)}."
     raise DrgradeError(
         f"unknown model architecture {arch!r} (option --arch): {hint} Any of torchvision's "
-        f"{len(names)} classification models works: {', '.join(names[:6])}, ..."
+        f"{len(names)} classification models works: {', '.join(names[:6])}, ..., and any "
+        f"timm model as {TIMM_PREFIX}<name>"
     )
 
 
@@ -108,11 +121,13 @@ _SAVE_HINT = "save one with torch.save(model.state_dict(), FILE)"
 def _load_state_dict_file(
     path: Path, what: str, fix: str = _SAVE_HINT
 ) -> Mapping[str, torch.Tensor]:
-    """A state_dict read from a file without running code from it."""
+    """A state_dict read from a file (PyTorch or .safetensors) without running code from it."""
     if not path.is_file():
         raise DrgradeError(f"{what} {path} does not exist (or is not a file)")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        # The Hugging Face hub keeps timm's weights as .safetensors: plain tensors, no pickle.
+        state = (load_safetensors(path) if path.suffix == ".safetensors"
+                 else torch.load(path, map_location="cpu", weights_only=True))
     except Exception as err:  # corrupt, truncated, not a torch file, or pickled objects
         raise DrgradeError(
             f"{what} {path} cannot be read as a PyTorch state_dict (files holding pickled "
@@ -138,7 +153,8 @@ def _check_is_state_dict(state: object, path: Path, what: str, fix: str) -> None
 
 
 def _check_matches(
-    model: nn.Module, state: Mapping[str, torch.Tensor], arch: str, source: str
+    model: nn.Module, state: Mapping[str, torch.Tensor], arch: str, source: str,
+    classes: int = IMAGENET_CLASSES,
 ) -> None:
     """Raise naming the first mismatching keys when `state` does not fit `model`."""
     expected = model.state_dict()
@@ -160,7 +176,7 @@ def _check_matches(
     if unexpected and all(k.startswith("module.") for k in unexpected):
         lines.append("  the keys start with 'module.': strip that DataParallel/DDP prefix")
     lines.append(
-        f"  expected the arch's standard {IMAGENET_CLASSES}-class state_dict, as saved by "
+        f"  expected the arch's standard {classes}-class state_dict, as saved by "
         "torch.save(model.state_dict(), FILE): check --arch and --weights"
     )
     raise DrgradeError("\n".join(lines))
@@ -243,6 +259,107 @@ def _replace_classifier(model: nn.Module, arch: str, outputs: int) -> None:
     setattr(model.get_submodule(parent_name), child, new)
 
 
+# ----------------------------------------------------------------------------- timm
+
+
+# What timm's hub loader looks for in a model's Hugging Face repo, in its order.
+HUB_WEIGHTS_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def _check_timm_name(name: str) -> None:
+    """Accept a timm model name, with or without a pretrained tag (resnet18.a1_in1k)."""
+    names = timm.list_models() + timm.list_pretrained()
+    if name in names:
+        return
+    close = difflib.get_close_matches(name.lower(), names, n=5, cutoff=0.6)
+    hint = (f"did you mean {', '.join(TIMM_PREFIX + c for c in close)}?" if close
+            else "timm.list_models() lists them all.")
+    raise DrgradeError(f"unknown timm model {TIMM_PREFIX + name!r} (option --arch): {hint}")
+
+
+def _timm_size(name: str, image_size: int | None) -> dict:
+    """img_size for timm models built for one input size (ViTs), so that any size works."""
+    cfg = timm.models.get_pretrained_cfg(name)
+    if image_size is None or cfg is None or not cfg.fixed_input_size:
+        return {}
+    return {"img_size": image_size}
+
+
+def _timm_pretrained_state_dict(name: str) -> tuple[Mapping[str, torch.Tensor], str]:
+    """timm's pretrained state_dict of a model from the Hugging Face hub cache, else the hub.
+
+    Fetched here rather than by timm's `pretrained=True`, which on a machine without network
+    retries for about 47 s before failing. The cache is read with no network at all; when
+    the file is not there and the user has set HF_HUB_OFFLINE, the error comes at once;
+    otherwise huggingface_hub downloads it (HF_HUB_ETAG_TIMEOUT and HF_HUB_DOWNLOAD_TIMEOUT
+    bound each request; on a dead network its retries take about 25 s). The error names the
+    hub repo and file, the cache and `--weights FILE`.
+    """
+    arch = TIMM_PREFIX + name
+    cfg = timm.models.get_pretrained_cfg(name)
+    if cfg is None or not cfg.hf_hub_id:
+        raise DrgradeError(f"timm has no pretrained weights for {arch} (--pretrained): choose "
+                           "one in timm.list_pretrained(), pass --weights FILE, or train "
+                           "without --pretrained")
+    repo, _, revision = cfg.hf_hub_id.partition("@")
+    files = (cfg.hf_hub_filename,) if cfg.hf_hub_filename else HUB_WEIGHTS_FILES
+    what = f"cached weights of {arch}"
+    fix = "delete it so that it is downloaded again, or pass --weights FILE"
+    for filename in files:
+        cached = try_to_load_from_cache(repo, filename, revision=revision or None)
+        if isinstance(cached, str):  # else None or a marker of a file known to be absent
+            return _load_state_dict_file(Path(cached), what, fix), f"{what} {cached}"
+    offline = (f"Offline, fetch https://huggingface.co/{repo}/resolve/main/{files[0]} on a "
+               f"machine that is online and pass it as --weights FILE, or copy that machine's "
+               f"Hugging Face hub cache (after `hf download {repo} {files[0]}`) to "
+               f"{hub_constants.HF_HUB_CACHE} (set HF_HOME to move it), or train without "
+               "--pretrained.")
+    if hub_constants.HF_HUB_OFFLINE:
+        raise DrgradeError(f"the pretrained weights of {arch} (--pretrained), {files[0]} of "
+                           f"the Hugging Face hub repo {repo}, are not in the hub cache and "
+                           f"HF_HUB_OFFLINE is set. {offline}")
+    for filename in files:
+        try:
+            path = hf_hub_download(repo, filename, revision=revision or None)
+        except LocalEntryNotFoundError as err:  # the hub is unreachable (a subclass: first)
+            raise DrgradeError(f"cannot download the pretrained weights of {arch} "
+                               f"(--pretrained) from the Hugging Face hub repo {repo}: {err} "
+                               f"{offline} Set HF_HUB_OFFLINE=1 to skip the attempt.") from err
+        except EntryNotFoundError:
+            continue  # this repo keeps its weights under the other name
+        return _load_state_dict_file(Path(path), what, fix), f"{what} {path}"
+    raise DrgradeError(f"the Hugging Face hub repo {repo} has none of {', '.join(files)} "
+                       f"(--pretrained {arch}): pass --weights FILE")
+
+
+def _build_timm(arch: str, head: str, pretrained: bool, weights_file: str | Path | None,
+                image_size: int | None) -> nn.Module:
+    """A timm model by name; timm builds the grading head (its classifier) itself."""
+    name = arch.removeprefix(TIMM_PREFIX)
+    _check_timm_name(name)
+    outputs = head_outputs(head)
+    size = _timm_size(name, image_size)
+    if weights_file is not None:
+        path = Path(weights_file).expanduser()
+        what = "weights file (--weights)"
+        state, source = _load_state_dict_file(path, what), f"{what} {path}"
+    elif pretrained:
+        state, source = _timm_pretrained_state_dict(name)
+    else:
+        return timm.create_model(name, num_classes=outputs, **size)
+    # Checked against the model as timm builds it by default (its pretrained classes and
+    # input size), which is what a timm state_dict holds; the meta device costs nothing.
+    with torch.device("meta"):
+        standard = timm.create_model(name)
+    _check_matches(standard, state, arch, source, standard.num_classes)
+    # Through timm's loader, which adapts the weights to img_size (resamples a ViT's position
+    # embeddings); with its standard classifier the load is strict.
+    model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"state_dict": state},
+                              **size)
+    model.reset_classifier(outputs)
+    return model
+
+
 # ----------------------------------------------------------------------------- build
 
 
@@ -251,14 +368,19 @@ def build_model(
     pretrained: bool = False,
     head: str = "classification",
     weights_file: str | Path | None = None,
+    image_size: int | None = None,
 ) -> nn.Module:
-    """A torchvision classification model by name with its classifier replaced by `head`.
+    """A torchvision classification model (or `timm/<name>`) by name with a `head` classifier.
 
     `pretrained` loads the DEFAULT ImageNet weights through torchvision's hub cache
-    (downloading them when online); `weights_file` loads a local state_dict of the arch's
-    standard 1000-class model instead, and wins when both are given. Either is loaded before
-    the head is replaced, so only the new head starts from random weights.
+    (downloading them when online), or timm's pretrained weights through the Hugging Face
+    hub cache; `weights_file` loads a local state_dict of the arch's standard model instead,
+    and wins when both are given. Either is loaded before the head is replaced, so only the
+    new head starts from random weights. `image_size` sizes timm's fixed-size models (ViTs);
+    torchvision's keep their standard size.
     """
+    if arch.startswith(TIMM_PREFIX):
+        return _build_timm(arch, head, pretrained, weights_file, image_size)
     _check_arch(arch)
     outputs = head_outputs(head)
     state, source = _initial_weights(arch, pretrained, weights_file)

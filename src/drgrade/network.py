@@ -20,12 +20,15 @@ class GradingNetwork(nn.Module):
     """Backbone + head (5 logits or 1 score) + cut points (a buffer, saved with the weights)."""
 
     def __init__(self, arch: str, head: str, pretrained: bool = False,
-                 weights_file: str | None = None, channels_last: bool = True):
+                 weights_file: str | None = None, channels_last: bool = True,
+                 image_size: int | None = None):
         super().__init__()
         self.head = head
         self.channels_last = channels_last
+        # image_size shapes fixed-size models (timm ViTs' position embeddings): training and
+        # inference must pass the card's, or the checkpoint would not fit.
         self.model = build_model(arch, pretrained=pretrained, head=head,
-                                 weights_file=weights_file)
+                                 weights_file=weights_file, image_size=image_size)
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.register_buffer("thresholds", torch.tensor(DEFAULT_CUT_POINTS))
@@ -33,7 +36,7 @@ class GradingNetwork(nn.Module):
     @classmethod
     def from_card(cls, card: ModelCard) -> GradingNetwork:
         """The untrained network a card describes (its weights come from the checkpoint)."""
-        return cls(card.arch, card.head)
+        return cls(card.arch, card.head, image_size=card.image_size)
 
     @property
     def is_regression(self) -> bool:

@@ -1,8 +1,10 @@
 """The run folder: everything needed to trace a number back to the command that made it.
 
     RUN/config.yaml        resolved config (every option, defaults included)
-    RUN/environment.json   versions, device, data fingerprint, command line
+    RUN/environment.json   versions, device, data fingerprint, command line, and
+                           `stopped_early` (epoch, reason) when early stopping ended the run
     RUN/log.csv            one row per epoch: losses, accuracy, kappa, learning rate
+    RUN/tensorboard/       the same and more for TensorBoard (option logger; wandb: RUN/wandb/)
     RUN/checkpoints/       best.ckpt (best validation kappa, weights only) and last.ckpt
                            (the full training state, for --resume; the one before it is
                            kept as last.previous.ckpt)
@@ -69,9 +71,26 @@ def epochs_logged(run: Path) -> int:
     return len(pd.read_csv(log)) if log.is_file() else 0
 
 
+def stopped_early(run: Path) -> dict | None:
+    """{'epoch', 'reason'} when early stopping ended the run, else None."""
+    env_file = Path(run) / ENVIRONMENT_FILE
+    return json.loads(env_file.read_text()).get("stopped_early") if env_file.is_file() else None
+
+
+def record_early_stop(run: Path, epoch: int, reason: str) -> None:
+    """Note in environment.json that early stopping ended the run after `epoch` (0-based)."""
+    env_file = Path(run) / ENVIRONMENT_FILE
+    env = json.loads(env_file.read_text())
+    env["stopped_early"] = {"epoch": epoch, "reason": reason}
+    write_text(env_file, json.dumps(env, indent=2) + "\n")
+
+
 def run_state(run: Path, epochs: int) -> str:
-    """'done' (trained and evaluated), 'trained', 'interrupted' or 'new'."""
-    if epochs_logged(run) >= epochs:
+    """'done' (trained and evaluated), 'trained', 'interrupted' or 'new'.
+
+    A run that early stopping ended counts as trained, however few epochs it logged.
+    """
+    if epochs_logged(run) >= epochs or stopped_early(run):
         return "done" if (Path(run) / METRICS_FILE).is_file() else "trained"
     return "interrupted" if last_checkpoint(run).is_file() else "new"
 
@@ -95,6 +114,8 @@ def write_run_files(run: Path, config: dict, data_fingerprint: str, resume: bool
     if resume and env_file.is_file():
         env = json.loads(env_file.read_text())
         env["resumed"] = [*env.get("resumed", []), command]
+        # The resumed run trains on; it is noted again if early stopping ends it again.
+        env.pop("stopped_early", None)
         write_text(env_file, json.dumps(env, indent=2) + "\n")
         return
     env = {

@@ -8,12 +8,15 @@ this module.
 
 from __future__ import annotations
 
+import bisect
 import math
+from pathlib import Path
 
 import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.callbacks import EarlyStopping
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from drgrade import __version__
@@ -23,11 +26,42 @@ from drgrade.grades import NUM_GRADES
 from drgrade.model_card import CHECKPOINT_KEY, ModelCard
 from drgrade.network import GradingNetwork
 from drgrade.operating_points import fit_cut_points, screening_threshold
+from drgrade.run_folder import record_early_stop
 
 # The options that shape the optimisation, saved as the module's hyperparameters.
 OPTIMISATION_OPTIONS = ("optimizer", "lr", "momentum", "nesterov", "weight_decay", "scheduler",
-                        "step_epochs", "step_gamma", "warmup_epochs", "label_smoothing",
+                        "step_epochs", "step_gamma", "milestones", "plateau_patience",
+                        "warmup_epochs", "loss", "focal_gamma", "label_smoothing",
                         "class_weights", "epochs")
+
+# Per-image losses of the regression head, by their `loss` name.
+REGRESSION_LOSSES = {"mse": F.mse_loss, "smooth_l1": F.smooth_l1_loss, "mae": F.l1_loss}
+
+
+def focal_loss(logits: torch.Tensor, grades: torch.Tensor, gamma: float,
+               weight: torch.Tensor | None = None, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Multiclass focal loss (Lin et al. 2017): cross-entropy scaled by (1 - p_true)^gamma."""
+    per_image = F.cross_entropy(logits, grades, weight=weight, label_smoothing=label_smoothing,
+                                reduction="none")
+    p_true = logits.softmax(dim=1).gather(1, grades[:, None]).squeeze(1)
+    focused = (1 - p_true) ** gamma * per_image
+    # The same normalisation as F.cross_entropy's mean, so gamma 0 is cross-entropy.
+    return focused.sum() / (weight[grades].sum() if weight is not None else len(grades))
+
+
+class RecordedEarlyStopping(EarlyStopping):
+    """Lightning's early stopping on val_kappa that notes in the run folder when it stopped."""
+
+    def __init__(self, run: Path, patience: int, min_delta: float):
+        super().__init__(monitor="val_kappa", mode="max", patience=patience,
+                         min_delta=min_delta)
+        self.run = run
+
+    def on_train_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        # Lightning's convention: stopped_epoch stays 0 unless this callback stopped the run.
+        if self.stopped_epoch > 0 and trainer.is_global_zero:
+            record_early_stop(self.run, self.stopped_epoch, self.stopping_reason_message
+                              or "another process's val_kappa stopped it")
 
 
 class QuadraticKappa(MulticlassConfusionMatrix):
@@ -39,7 +73,7 @@ class QuadraticKappa(MulticlassConfusionMatrix):
 
 
 class GradingModule(L.LightningModule):
-    """Trains a `GradingNetwork` with cross-entropy or MSE under the configured schedule."""
+    """Trains a `GradingNetwork` with the configured loss under the configured schedule."""
 
     def __init__(self, config: TrainConfig, card: ModelCard, class_weights: list | None = None):
         super().__init__()
@@ -48,12 +82,13 @@ class GradingModule(L.LightningModule):
         self.save_hyperparameters({
             "network": {"arch": config.arch, "head": config.head,
                         "pretrained": config.pretrained, "channels_last": config.channels_last},
-            "optimisation": {name: getattr(config, name) for name in OPTIMISATION_OPTIONS},
+            "optimisation": {name: config.to_dict()[name] for name in OPTIMISATION_OPTIONS},
             "class_weight_values": class_weights,
         })
         self.network = GradingNetwork(config.arch, config.head, pretrained=config.pretrained,
                                       weights_file=config.weights,
-                                      channels_last=config.channels_last)
+                                      channels_last=config.channels_last,
+                                      image_size=card.image_size)
         weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
         self.register_buffer("class_weights", weights, persistent=False)
         # Train metrics accumulate over steps (torchmetrics syncs them across processes);
@@ -61,6 +96,8 @@ class GradingModule(L.LightningModule):
         self.train_accuracy = MulticlassAccuracy(NUM_GRADES, average="micro")
         self.train_kappa = QuadraticKappa(NUM_GRADES)
         self._outputs: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {"val": [], "test": []}
+        # The latest epoch's confusion matrix per stage, for drgrade.loggers.ConfusionImage.
+        self.confusion: dict[str, np.ndarray] = {}
 
     def current_card(self) -> ModelCard:
         """The model card with this epoch's validation-fitted cut points and threshold."""
@@ -82,10 +119,20 @@ class GradingModule(L.LightningModule):
         return self.network(images)
 
     def loss(self, outputs: torch.Tensor, grades: torch.Tensor) -> torch.Tensor:
-        if self.network.is_regression:
-            return F.mse_loss(outputs, grades.float())
-        return F.cross_entropy(outputs, grades, weight=self.class_weights,
-                               label_smoothing=self.config.label_smoothing)
+        """The configured loss, weighted by grade when class weights are given."""
+        name, weights = self.config.loss_name(), self.class_weights
+        if name == "cross_entropy":
+            return F.cross_entropy(outputs, grades, weight=weights,
+                                   label_smoothing=self.config.label_smoothing)
+        if name == "focal":
+            return focal_loss(outputs, grades, self.config.focal_gamma, weights,
+                              self.config.label_smoothing)
+        per_image = REGRESSION_LOSSES[name]
+        if weights is None:
+            return per_image(outputs, grades.float())
+        image_weights = weights[grades]
+        losses = per_image(outputs, grades.float(), reduction="none")
+        return (image_weights * losses).sum() / image_weights.sum()
 
     def _step(self, batch, stage: str) -> torch.Tensor:
         images, grades = batch
@@ -128,6 +175,7 @@ class GradingModule(L.LightningModule):
             self._fit_operating_points(outputs, grades)
         predicted = self.network.decode(outputs).cpu().numpy()
         confusion = confusion_matrix(grades.cpu().numpy(), predicted)
+        self.confusion[stage] = confusion
         total = confusion.sum()
         # Kappa is undefined (NaN) when a single grade occurs; count it as chance level (0)
         # so checkpoint selection still works.
@@ -151,8 +199,15 @@ class GradingModule(L.LightningModule):
                                         nesterov=config.nesterov and config.momentum > 0,
                                         weight_decay=config.weight_decay)
         else:
-            optimizer = torch.optim.AdamW(self.parameters(), lr=config.lr,
-                                          weight_decay=config.weight_decay)
+            adam = torch.optim.Adam if config.optimizer == "adam" else torch.optim.AdamW
+            optimizer = adam(self.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        if config.scheduler == "plateau":
+            plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                optimizer, mode="max", factor=config.step_gamma,
+                patience=config.plateau_patience)
+            return {"optimizer": optimizer,
+                    "lr_scheduler": {"scheduler": plateau, "monitor": "val_kappa",
+                                     "interval": "epoch"}}
         steps_per_epoch = max(1, self.trainer.estimated_stepping_batches // config.epochs)
         schedule = lr_factor(config, steps_per_epoch)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
@@ -161,7 +216,7 @@ class GradingModule(L.LightningModule):
 
 
 def lr_factor(config: TrainConfig, steps_per_epoch: int):
-    """The schedule as a function of the optimiser step: warm-up, then cosine or steps."""
+    """The schedule as a function of the optimiser step: warm-up, then cosine or decays."""
     warmup = config.warmup_epochs * steps_per_epoch
     total = config.epochs * steps_per_epoch
 
@@ -171,8 +226,13 @@ def lr_factor(config: TrainConfig, steps_per_epoch: int):
         if config.scheduler == "cosine":
             progress = (step - warmup) / max(1, total - warmup)
             return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+        epoch = step // steps_per_epoch
         if config.scheduler == "step":
-            return config.step_gamma ** (step // (config.step_epochs * steps_per_epoch))
+            return config.step_gamma ** (epoch // config.step_epochs)
+        if config.scheduler == "multistep":
+            return config.step_gamma ** bisect.bisect_right(config.milestones, epoch)
+        if config.scheduler == "exponential":
+            return config.step_gamma ** epoch
         return 1.0
 
     return factor

@@ -11,7 +11,6 @@ from PIL import Image
 from drgrade.cli import main
 from drgrade.data.manifest import patients_in_several_splits, split_counts
 from drgrade.data.sources import IDRID_RELEASE, IDRID_SETS, read_prepared, read_source
-from drgrade.data.synthetic import write_synthetic_dataset
 from drgrade.errors import DrgradeError
 
 N_TRAIN, N_TEST = 40, 20
@@ -70,27 +69,7 @@ def test_idrid_single_csv_form_is_unchanged(shared_data):
 # --- EyePACS as Kaggle ships it -----------------------------------------------------------
 
 
-def eyepacs_release(root: Path, n_train: int = 12, n_test: int = 8) -> Path:
-    """train/ + trainLabels.csv, and test/ + retinopathy_solution.csv, of synthetic photographs.
-
-    Test patients are numbered from 100000 (Kaggle's test names never repeat training names);
-    the first half of them is the Public leaderboard part, the rest Private.
-    """
-    write_synthetic_dataset(root, n_train, seed=0, widths=(64, 96))
-    test = write_synthetic_dataset(root.parent / f"{root.name}-test", n_test, seed=1,
-                                   widths=(64, 96))
-    (root / "test").mkdir()
-    rows = []
-    for index, (name, grade) in enumerate(pd.read_csv(test / "trainLabels.csv").values):
-        patient, eye = name.split("_")
-        kaggle_name = f"{100000 + int(patient)}_{eye}"
-        shutil.move(test / "train" / f"{name}.jpeg", root / "test" / f"{kaggle_name}.jpeg")
-        rows.append(f"{kaggle_name},{grade},{'Public' if index < n_test // 2 else 'Private'}")
-    (root / "retinopathy_solution.csv").write_text("image,level,Usage\n" + "\n".join(rows) + "\n")
-    return root
-
-
-def test_eyepacs_release_official_split(tmp_path):
+def test_eyepacs_release_official_split(eyepacs_release, tmp_path):
     root = eyepacs_release(tmp_path / "eyepacs")
     manifest = read_source(root)
     assert manifest.layout == "eyepacs" and not manifest.warnings
@@ -104,7 +83,8 @@ def test_eyepacs_release_official_split(tmp_path):
         assert Path(table.loc[name, "path"]).parent == root / "test"
 
 
-def test_eyepacs_test_folder_without_solution_is_left_out_with_the_reason(tmp_path):
+def test_eyepacs_test_folder_without_solution_is_left_out_with_the_reason(eyepacs_release,
+                                                                          tmp_path):
     root = eyepacs_release(tmp_path / "eyepacs")
     (root / "retinopathy_solution.csv").unlink()
     manifest = read_source(root)
@@ -114,7 +94,7 @@ def test_eyepacs_test_folder_without_solution_is_left_out_with_the_reason(tmp_pa
     assert "retinopathy_solution.csv" in warning and "kaggle competitions download" in warning
 
 
-def test_eyepacs_solution_with_a_bad_usage_names_its_line(tmp_path):
+def test_eyepacs_solution_with_a_bad_usage_names_its_line(eyepacs_release, tmp_path):
     root = eyepacs_release(tmp_path / "eyepacs")
     solution = root / "retinopathy_solution.csv"
     solution.write_text(solution.read_text().replace("Private", "private", 1))
@@ -127,7 +107,8 @@ def test_eyepacs_solution_with_a_bad_usage_names_its_line(tmp_path):
     (["--all-test"], {"test": 20}),
     (["--test-fraction", "1"], {"test": 20}),
 ])
-def test_cli_split_from_official_or_the_whole_source_as_test(tmp_path, flags, expected):
+def test_cli_split_from_official_or_the_whole_source_as_test(eyepacs_release, tmp_path, flags,
+                                                             expected):
     root = eyepacs_release(tmp_path / "eyepacs")
     out = tmp_path / "prepared"
     assert main(["prepare", str(root), "--out", str(out), "--size", "32", "--workers", "1",
@@ -136,7 +117,7 @@ def test_cli_split_from_official_or_the_whole_source_as_test(tmp_path, flags, ex
     assert table["split"].value_counts().to_dict() == expected
 
 
-def test_cli_split_from_random_draws_a_new_patient_grouped_split(tmp_path):
+def test_cli_split_from_random_draws_a_new_patient_grouped_split(eyepacs_release, tmp_path):
     root = eyepacs_release(tmp_path / "eyepacs", n_train=40, n_test=20)
     official = read_source(root).table.set_index("image_id")["split"]
     out = tmp_path / "prepared"
@@ -148,7 +129,7 @@ def test_cli_split_from_random_draws_a_new_patient_grouped_split(tmp_path):
     assert (table.set_index("image_id")["split"] != official.loc[table["image_id"]]).any()
 
 
-def test_cli_refuses_a_bad_split_option(tmp_path, capsys):
+def test_cli_refuses_a_bad_split_option(eyepacs_release, tmp_path, capsys):
     root = eyepacs_release(tmp_path / "eyepacs", n_train=2, n_test=2)
     args = ["prepare", str(root), "--out", str(tmp_path / "out")]
     assert main([*args, "--test-fraction", "0.7"]) == 2

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 from tqdm import tqdm
 
@@ -62,6 +64,7 @@ class Scored:
     table: pd.DataFrame  # manifest rows of the scored images (image_id, grade, patient, ...)
     outputs: np.ndarray  # probabilities (N, 5) or scores (N,)
     unreadable: pd.DataFrame  # image_id, grade, patient, eye, reason of images not scored
+    network_seconds: float = 0.0  # spent in the network's forward passes (images/s)
 
 
 def evaluation_folder(run: Path, data: str | None, split: str) -> Path:
@@ -160,11 +163,15 @@ def score_split(grader: TorchGrader, data: str, split: str, *, layout: str = "au
     transform = EvalTransform(card.image_size, card.mean, card.std)
     loader = DataLoader(_dataset(manifest, rows, transform), batch_size=batch_size,
                         num_workers=0 if manifest.layout == "medmnist" else (workers or 0))
-    outputs = [grader.outputs(inputs.numpy(), tta)
-               for inputs, _ in tqdm(loader, desc="evaluating", unit="batch",
-                                     disable=None if progress else True)]
+    outputs, seconds = [], 0.0
+    for inputs, _ in tqdm(loader, desc="evaluating", unit="batch",
+                          disable=None if progress else True):
+        # Only the network is timed: loading and decoding images is the data's cost.
+        start = time.perf_counter()
+        outputs.append(grader.outputs(inputs.numpy(), tta))
+        seconds += time.perf_counter() - start
     return Scored(rows.reset_index(drop=True), np.concatenate(outputs),
-                  unreadable.reset_index(drop=True))
+                  unreadable.reset_index(drop=True), seconds)
 
 
 def predictions_table(grader: TorchGrader, scored: Scored) -> pd.DataFrame:
@@ -253,6 +260,19 @@ def evaluation_metrics(grader: TorchGrader, scored: Scored, majority: int,
     return metrics
 
 
+def _deployment(grader: TorchGrader, checkpoint: Path, scored: Scored) -> dict:
+    """What running the model takes: parameters, file size, and its speed in this evaluation
+    (outputs are copied back per batch, so a GPU's time is complete)."""
+    device = torch.device(grader.device)
+    return {
+        "parameters": sum(p.numel() for p in grader.network.parameters()),
+        "checkpoint_bytes": checkpoint.stat().st_size,
+        "images_per_second": len(scored.table) / scored.network_seconds,
+        "device": (torch.cuda.get_device_name(device) if device.type == "cuda"
+                   else f"cpu (torch threads: {torch.get_num_threads()})"),
+    }
+
+
 def evaluate(run_or_checkpoint: Path | str, data: str | None = None, split: str = "test",
              tta: bool = False, out: Path | None = None, progress: bool = True, *,
              layout: str = "auto", labels: str | None = None, images: str | None = None,
@@ -279,7 +299,8 @@ def evaluate(run_or_checkpoint: Path | str, data: str | None = None, split: str 
                          batch_size=batch_size, workers=workers, progress=progress)
     threshold = _validation_threshold(grader, run_config, tta, progress)
     metrics = {"checkpoint": str(checkpoint), "data": source, "split": split, "tta": tta,
-               **evaluation_metrics(grader, scored, majority, threshold, resamples, seed)}
+               **evaluation_metrics(grader, scored, majority, threshold, resamples, seed),
+               "deployment": _deployment(grader, checkpoint, scored)}
     write_text(out / PREDICTIONS_FILE, predictions_table(grader, scored).to_csv(index=False))
     write_text(out / METRICS_FILE, json.dumps(metrics, indent=2) + "\n")
     write_figures(out / "figures", split, metrics, scored, grader)

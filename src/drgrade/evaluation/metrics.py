@@ -101,7 +101,8 @@ def format_interval(interval: dict | None, percent: bool = False) -> str:
 
 def metrics_table(metrics: dict) -> str:
     """The metrics as a readable text table: 95% intervals where computed, the baseline
-    beside the accuracy, the screening threshold fixed on validation, patients, calibration."""
+    beside the accuracy, the screening threshold fixed on validation, patients, calibration,
+    deployment."""
     intervals = metrics.get("intervals") or {}
     ci, fmt = format_interval, format_value
 
@@ -167,4 +168,10 @@ def metrics_table(metrics: dict) -> str:
         lines += ["", f"calibration: expected calibration error "
                       f"{calibration['expected_calibration_error']:.3f}, Brier score "
                       f"{calibration['brier_score']:.3f}"]
+    deployment = metrics.get("deployment")
+    if deployment:
+        lines += ["", f"deployment: {deployment['parameters']:,} parameters, checkpoint "
+                      f"{deployment['checkpoint_bytes'] / 1e6:.1f} MB, "
+                      f"{deployment['images_per_second']:,.0f} images/s on "
+                      f"{deployment['device']}"]
     return "\n".join(lines)

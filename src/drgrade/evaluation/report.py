@@ -292,7 +292,7 @@ def _md_table(frame: pd.DataFrame) -> str:
     return frame.to_markdown(floatfmt=".3f")
 
 
-def _text_table(frame: pd.DataFrame) -> str:
+def markdown_table(frame: pd.DataFrame) -> str:
     """Cells already formatted: tabulate must not reread `3.2e-05` or `0.410` as numbers."""
     return frame.to_markdown(index=False, disable_numparse=True)
 
@@ -327,7 +327,7 @@ def write_report(runs_dir: Path | str, resamples: int = RESAMPLES,
     md_path = runs_dir / REPORT_MD
     write_text(md_path, "\n".join(lines) + "\n")
     html_path = runs_dir / REPORT_HTML
-    write_text(html_path, _html(md_path, runs_dir))
+    write_text(html_path, markdown_to_html(md_path, runs_dir))
     return md_path, html_path
 
 
@@ -372,22 +372,22 @@ def _evaluations_section(evaluations: list[Evaluation]) -> list[str]:
              "A row per evaluation: the run's own test split, then each other dataset it was "
              f"scored on (`RUN/{EVALUATIONS_DIR}/NAME`, its baseline the run's training "
              "majority grade).", "",
-             _text_table(evaluation_table(evaluations, HEADLINE)), "",
+             markdown_table(evaluation_table(evaluations, HEADLINE)), "",
              "#### Referable DR (grade >= 2), per image", "",
              "At the model's grade, and at the referable-score threshold chosen on the run's "
              "validation split (reaching the target sensitivity there), applied unchanged.",
-             "", _text_table(evaluation_table(evaluations, REFERABLE)), "",
+             "", markdown_table(evaluation_table(evaluations, REFERABLE)), "",
              "#### Referable DR per patient (referable if either eye is)", ""]
     with_patients = [e for e in evaluations if e.metrics.get("patient_level")]
     if with_patients:
-        lines += [_text_table(evaluation_table(with_patients, PATIENTS)), ""]
+        lines += [markdown_table(evaluation_table(with_patients, PATIENTS)), ""]
     missing = len(evaluations) - len(with_patients)
     if missing:
         lines += [f"n/a for {missing} evaluation(s): no patient has more than one image there, "
                   "or metrics.json predates per-patient figures.", ""]
     return lines + ["#### Recall per grade", "",
                     "Where accuracy hides the rare grades.", "",
-                    _text_table(evaluation_table(evaluations, RECALL)), ""]
+                    markdown_table(evaluation_table(evaluations, RECALL)), ""]
 
 
 def _comparisons_section(runs: pd.DataFrame, runs_dir: Path, figures: Path, resamples: int,
@@ -421,7 +421,7 @@ def _comparisons_section(runs: pd.DataFrame, runs_dir: Path, figures: Path, resa
              f"{runs_dir}/A {runs_dir}/B --resamples {resamples} --seed {seed}` reproduces a "
              "row.", ""]
     if rows:
-        lines += [_text_table(pd.DataFrame(rows)), ""]
+        lines += [markdown_table(pd.DataFrame(rows)), ""]
     if plotted:
         path = plot_differences(pd.DataFrame(plotted), figures / "comparisons.png")
         lines += [f"![paired differences]({path.relative_to(figures.parent)})", ""]
@@ -474,7 +474,7 @@ def _calibration_section(runs: pd.DataFrame, evaluations: list[Evaluation],
     lines = ["## Calibration (classification heads)", "",
              "Top-grade confidence against accuracy; expected calibration error over 15 bins "
              "and the multiclass Brier score, from each metrics.json.", "",
-             _text_table(evaluation_table(shown, CALIBRATION)), ""]
+             markdown_table(evaluation_table(shown, CALIBRATION)), ""]
     for e in shown:
         figure = e.folder / "figures" / f"reliability_{e.metrics.get('split', 'test')}.png"
         if figure.is_file():
@@ -511,7 +511,7 @@ def _provenance_section(runs: pd.DataFrame, runs_dir: Path) -> list[str]:
     return lines + [""]
 
 
-def _html(md_path: Path, root: Path) -> str:
+def markdown_to_html(md_path: Path, root: Path) -> str:
     """The Markdown as one HTML file, figures embedded so it can be mailed or archived."""
     body = markdown.markdown(md_path.read_text(), extensions=["tables"])
 

@@ -1,13 +1,15 @@
 """Heat maps: where in the photograph the network found the evidence for its grade.
 
 Grad-CAM (or Grad-CAM++) from the `grad-cam` package, on the deepest convolutional feature
-map that still has spatial extent, for the predicted grade's logit (classification) or for
-the score (regression). Each map is drawn over the network's own input: the preprocessed
+map that still has spatial extent (for a timm vision transformer: its last block's patch
+tokens, laid out as a map), for the predicted grade's logit (classification) or for the
+score (regression). Each map is drawn over the network's own input: the preprocessed
 photograph, beside it unmarked.
 """
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,16 +35,47 @@ MIN_PANEL = 256  # small inputs (RetinaMNIST's 28 px) are enlarged so that they 
 CAPTION_HEIGHT = 24
 
 
+class TokensToMap:
+    """A vision transformer's (N, tokens, C) output as an (N, C, H, W) map of its patches."""
+
+    def __init__(self, prefix_tokens: int):
+        self.prefix_tokens = prefix_tokens  # class (and register) tokens: not image positions
+
+    def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
+        patches = tokens[:, self.prefix_tokens:]
+        side = math.isqrt(patches.shape[1])  # network inputs are square
+        return patches.reshape(len(patches), side, side, -1).permute(0, 3, 1, 2)
+
+
+def _is_timm_vit(model: nn.Module) -> bool:
+    # Duck-typed, so timm's ViT, DeiT, EVA and the like qualify without importing timm here.
+    blocks = getattr(model, "blocks", None)
+    return (hasattr(model, "num_prefix_tokens")
+            and isinstance(blocks, nn.Sequential | nn.ModuleList)
+            and len(blocks) > 0 and hasattr(blocks[-1], "norm1"))
+
+
+def reshape_transform(model: nn.Module) -> TokensToMap | None:
+    """What turns the target layer's output into a map: None for convolutional networks."""
+    return TokensToMap(model.num_prefix_tokens) if _is_timm_vit(model) else None
+
+
 def target_layer(model: nn.Module, image_size: int) -> nn.Module:
     """The module Grad-CAM looks at: the deepest convolutional block with a spatial map.
 
     That is the last module, in forward order, that holds a convolution and outputs an
     (N, C, H, W) map of more than one position: a ResNet's layer4 (layer3 when layer4 is 1x1).
+    A timm vision transformer's is its last block's first norm (tokens; see TokensToMap).
     """
-    if isinstance(model, (VisionTransformer, SwinTransformer)):
+    if _is_timm_vit(model):
+        return model.blocks[-1].norm1
+    # timm's Swin and the like say so: their maps are channels-last (N, H, W, C).
+    channels_last_maps = str(getattr(model, "output_fmt", "NCHW")) != "NCHW"
+    if isinstance(model, (VisionTransformer, SwinTransformer)) or channels_last_maps:
         # Their feature maps are tokens or channels-last: Grad-CAM would misread them.
         raise DrgradeError(f"heat maps (--explain) need a convolutional network, not "
-                           f"{type(model).__name__}: use e.g. resnet18 or resnet50")
+                           f"{type(model).__name__}: use e.g. resnet18 or resnet50, or a timm "
+                           "vision transformer (timm/vit_small_patch16_224)")
     convolutional = [m for m in model.modules()
                      if any(isinstance(c, nn.Conv2d) for c in m.modules())]
     found: list[nn.Module] = []
@@ -89,7 +122,9 @@ def heat_maps(grader: TorchGrader, inputs: np.ndarray, grades: Sequence[int],
     layer = layer or target_layer(grader.network.model, grader.card.image_size)
     targets = ([ScoreTarget() for _ in grades] if grader.is_regression
                else [ClassifierOutputTarget(g) for g in grades])
-    with torch.enable_grad(), cam_method(method)(grader.network, [layer]) as cam:
+    reshape = reshape_transform(grader.network.model)
+    with (torch.enable_grad(),
+          cam_method(method)(grader.network, [layer], reshape_transform=reshape) as cam):
         maps = cam(input_tensor=grader.tensor(inputs), targets=targets)
     grader.network.zero_grad(set_to_none=True)  # the parameter gradients were only a means
     return maps
