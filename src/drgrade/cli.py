@@ -175,10 +175,22 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     """Grade raw photographs into a CSV, optionally with heat maps."""
+    # --devices 1 alone is the single-process path; more processes (or nodes) are Lightning's.
+    if args.num_nodes is not None or (args.devices or 1) > 1:
+        from drgrade.distributed_predict import predict_distributed
+
+        summary = predict_distributed(
+            args.model, args.paths, args.out, devices=args.devices or 1,
+            num_nodes=args.num_nodes or 1, accelerator=args.accelerator,
+            batch_size=args.batch_size, tta=args.tta, kaggle=args.kaggle, explain=args.explain,
+            workers=args.workers)
+        if summary is not None:  # rank 0 only: one summary, not one per process
+            print(summary)
+        return 0
     from drgrade.inference.loader import load_grader
     from drgrade.inference.predict import predict
 
-    grader = load_grader(args.model)
+    grader = load_grader(args.model, {"cpu": "cpu", "gpu": "cuda"}.get(args.accelerator))
     summary = predict(grader, args.paths, args.out, batch_size=args.batch_size, tta=args.tta,
                       kaggle=args.kaggle, explain=args.explain,
                       explain_method=args.explain_method, workers=args.workers)
@@ -445,6 +457,15 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--workers", type=int, default=min(4, max(1, (os.cpu_count() or 1) - 1)),
                          help="processes decoding and cropping photographs (0: in the main "
                               "process)")
+    predict.add_argument("--devices", type=int,
+                         help="processes (one per GPU) grading through Lightning's predict "
+                              "loop, with DDP when more than one; a PyTorch model only "
+                              "(default: one process, no Lightning)")
+    predict.add_argument("--num-nodes", type=int,
+                         help="machines running --devices processes each (--out on a file "
+                              "system they share)")
+    predict.add_argument("--accelerator", choices=["cpu", "gpu", "auto"], default="auto",
+                         help="where the PyTorch model runs (auto: a GPU if there is one)")
     predict.set_defaults(run=cmd_predict)
 
     export = command(
