@@ -37,6 +37,10 @@ class TrainConfig:
                                      "Hugging Face hub cache for timm models)")
     weights: str | None = option(None, "local ImageNet state_dict file instead of the cache")
     head: str = option("classification", "output head", HEADS)
+    eyes: str = option(
+        "single", "single: grade each eye alone; both: each eye from its own and its fellow "
+                  "eye's features (same patient, other eye, from the manifest's eye column)",
+        ("single", "both"))
     image_size: int = option(512, "side of the square network input in pixels")
     batch_size: int = option(16, "images per batch (per device)")
     epochs: int = option(10, "training epochs")

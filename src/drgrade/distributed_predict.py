@@ -177,13 +177,17 @@ def predict_distributed(model: Path | str, paths: Sequence[Path | str], out: Pat
                                  ("--batch-size", batch_size, 1), ("--workers", workers, 0)):
         if value < least:
             raise DrgradeError(f"{option} must be at least {least}, got {value}")
+    # Loaded on the CPU: Lightning moves the network to each rank's own device.
+    grader = TorchGrader.from_checkpoint(model, device="cpu")
+    if grader.card.binocular:
+        # Ranks see disjoint shares of the photographs, so an eye's fellow may be elsewhere.
+        raise DrgradeError(f"{model}: a binocular model pairs each eye with its fellow in one "
+                           "process; drop --devices and --num-nodes to grade with it")
     images = find_images(paths)
     if kaggle:
         _check_kaggle_ids(images)
     out = Path(out)
     make_folder(out.parent)
-    # Loaded on the CPU: Lightning moves the network to each rank's own device.
-    grader = TorchGrader.from_checkpoint(model, device="cpu")
     writer = PartWriter(out, grader.is_regression, kaggle, write_interval)
     trainer = L.Trainer(accelerator=accelerator, devices=devices, num_nodes=num_nodes,
                         strategy="ddp" if devices * num_nodes > 1 else "auto",

@@ -44,6 +44,9 @@ class ModelCard:
     training_grade_counts: tuple[int, ...] | None = None  # images per grade in train
     grade_names: tuple[str, ...] = GRADE_NAMES
     referable_grade: int = REFERABLE_GRADE
+    # Each eye graded from its own and its fellow eye's features (`eyes: both`): the
+    # network takes a second input, the same patient's other eye (or the image itself).
+    binocular: bool = False
     drgrade_version: str = __version__
 
     def __post_init__(self) -> None:
@@ -88,9 +91,13 @@ class ModelCard:
 
     def describe_input(self) -> str:
         """The network input in words (the ONNX metadata's `drgrade.input`)."""
-        return (f"image: float32 (N, 3, {self.image_size}, {self.image_size}) RGB in [0, 1] "
+        text = (f"image: float32 (N, 3, {self.image_size}, {self.image_size}) RGB in [0, 1] "
                 f"normalised by mean {list(self.mean)} and std {list(self.std)}, after the "
                 f"fundus crop to {self.prepare_size} px (enhance: {self.enhance})")
+        if self.binocular:
+            text += ("; fellow: the same for the same patient's other eye (the image itself "
+                     "when it has none)")
+        return text
 
     @classmethod
     def from_dict(cls, values: object, source: str) -> ModelCard:

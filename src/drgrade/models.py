@@ -42,6 +42,7 @@ IMAGENET_CLASSES = 1000
 # drops packets hangs for minutes before the OS gives up.
 NETWORK_TIMEOUT_S = 30.0
 LAB_ARCHS = ("resnet18", "resnet50")
+FEATURES = 0  # outputs of a backbone without its classifier: it gives its pooled features
 TIMM_PREFIX = "timm/"  # `--arch timm/<name>`: a timm model instead of a torchvision one
 
 
@@ -249,14 +250,25 @@ def _find_classifier(model: nn.Module, arch: str) -> tuple[str, nn.Linear | nn.C
     return name, module
 
 
-def _replace_classifier(model: nn.Module, arch: str, outputs: int) -> None:
+def _replace_classifier(model: nn.Module, arch: str, outputs: int) -> int:
+    """Swap the final classifier for one with `outputs` (0: none, pooled features out); the
+    width of the features it took."""
     name, old = _find_classifier(model, arch)
-    if isinstance(old, nn.Linear):
+    if outputs == FEATURES:
+        if not isinstance(old, nn.Linear):
+            raise DrgradeError(
+                f"eyes both (option --eyes) needs an architecture whose classifier is a "
+                f"Linear layer over pooled features; {arch!r} ends in a "
+                f"{type(old).__name__}: use --eyes single or another --arch, e.g. "
+                f"{', '.join(LAB_ARCHS)}")
+        new: nn.Module = nn.Identity()
+    elif isinstance(old, nn.Linear):
         new: nn.Module = nn.Linear(old.in_features, outputs, bias=old.bias is not None)
     else:
         new = nn.Conv2d(old.in_channels, outputs, kernel_size=1)
     parent_name, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent_name), child, new)
+    return old.in_features if isinstance(old, nn.Linear) else old.in_channels
 
 
 # ----------------------------------------------------------------------------- timm
@@ -332,12 +344,13 @@ def _timm_pretrained_state_dict(name: str) -> tuple[Mapping[str, torch.Tensor], 
                        f"(--pretrained {arch}): pass --weights FILE")
 
 
-def _build_timm(arch: str, head: str, pretrained: bool, weights_file: str | Path | None,
-                image_size: int | None) -> nn.Module:
-    """A timm model by name; timm builds the grading head (its classifier) itself."""
+def _build_timm(arch: str, head: str | None, pretrained: bool, weights_file: str | Path | None,
+                image_size: int | None) -> tuple[nn.Module, int]:
+    """A timm model by name and its feature width; timm builds the grading head (its
+    classifier) itself, or none when `head` is None."""
     name = arch.removeprefix(TIMM_PREFIX)
     _check_timm_name(name)
-    outputs = head_outputs(head)
+    outputs = head_outputs(head) if head else FEATURES
     size = _timm_size(name, image_size)
     if weights_file is not None:
         path = Path(weights_file).expanduser()
@@ -346,7 +359,7 @@ def _build_timm(arch: str, head: str, pretrained: bool, weights_file: str | Path
     elif pretrained:
         state, source = _timm_pretrained_state_dict(name)
     else:
-        return timm.create_model(name, num_classes=outputs, **size)
+        return _with_width(timm.create_model(name, num_classes=outputs, **size))
     # Checked against the model as timm builds it by default (its pretrained classes and
     # input size), which is what a timm state_dict holds; the meta device costs nothing.
     with torch.device("meta"):
@@ -357,7 +370,12 @@ def _build_timm(arch: str, head: str, pretrained: bool, weights_file: str | Path
     model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"state_dict": state},
                               **size)
     model.reset_classifier(outputs)
-    return model
+    return _with_width(model)
+
+
+def _with_width(model: nn.Module) -> tuple[nn.Module, int]:
+    # Models with a pre-logits layer (head_hidden_size) give that, not num_features.
+    return model, int(getattr(model, "head_hidden_size", None) or model.num_features)
 
 
 # ----------------------------------------------------------------------------- build
@@ -379,18 +397,29 @@ def build_model(
     new head starts from random weights. `image_size` sizes timm's fixed-size models (ViTs);
     torchvision's keep their standard size.
     """
+    return _build(arch, pretrained, head, weights_file, image_size)[0]
+
+
+def build_backbone(arch: str, pretrained: bool = False, weights_file: str | Path | None = None,
+                   image_size: int | None = None) -> tuple[nn.Module, int]:
+    """`build_model`'s network without a classifier (pooled features out) and their width."""
+    return _build(arch, pretrained, None, weights_file, image_size)
+
+
+def _build(arch: str, pretrained: bool, head: str | None, weights_file: str | Path | None,
+           image_size: int | None) -> tuple[nn.Module, int]:
+    """The model with a `head` classifier, or none when `head` is None; its feature width."""
     if arch.startswith(TIMM_PREFIX):
         return _build_timm(arch, head, pretrained, weights_file, image_size)
     _check_arch(arch)
-    outputs = head_outputs(head)
+    outputs = head_outputs(head) if head else FEATURES
     state, source = _initial_weights(arch, pretrained, weights_file)
     model = get_model(arch, weights=None, **_standard_kwargs(arch, state is not None))
     if state is not None:
         _check_matches(model, state, arch, source)
         model.load_state_dict(state)
     _drop_aux_heads(model)
-    _replace_classifier(model, arch, outputs)
-    return model
+    return model, _replace_classifier(model, arch, outputs)
 
 
 def _initial_weights(

@@ -12,7 +12,7 @@ from torch import nn
 
 from drgrade.grades import NUM_GRADES, REFERABLE_GRADE
 from drgrade.model_card import ModelCard
-from drgrade.models import build_model
+from drgrade.models import build_backbone, build_model, head_outputs
 from drgrade.operating_points import DEFAULT_CUT_POINTS
 
 
@@ -21,14 +21,21 @@ class GradingNetwork(nn.Module):
 
     def __init__(self, arch: str, head: str, pretrained: bool = False,
                  weights_file: str | None = None, channels_last: bool = True,
-                 image_size: int | None = None):
+                 image_size: int | None = None, binocular: bool = False):
         super().__init__()
         self.head = head
         self.channels_last = channels_last
+        self.binocular = binocular
         # image_size shapes fixed-size models (timm ViTs' position embeddings): training and
         # inference must pass the card's, or the checkpoint would not fit.
-        self.model = build_model(arch, pretrained=pretrained, head=head,
-                                 weights_file=weights_file, image_size=image_size)
+        if binocular:
+            # The backbone gives pooled features; one head reads [own, fellow eye's].
+            self.model, width = build_backbone(arch, pretrained=pretrained,
+                                               weights_file=weights_file, image_size=image_size)
+            self.pair_head = nn.Linear(2 * width, head_outputs(head))
+        else:
+            self.model = build_model(arch, pretrained=pretrained, head=head,
+                                     weights_file=weights_file, image_size=image_size)
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.register_buffer("thresholds", torch.tensor(DEFAULT_CUT_POINTS))
@@ -36,18 +43,37 @@ class GradingNetwork(nn.Module):
     @classmethod
     def from_card(cls, card: ModelCard) -> GradingNetwork:
         """The untrained network a card describes (its weights come from the checkpoint)."""
-        return cls(card.arch, card.head, image_size=card.image_size)
+        return cls(card.arch, card.head, image_size=card.image_size, binocular=card.binocular)
 
     @property
     def is_regression(self) -> bool:
         return self.head == "regression"
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Raw outputs: logits (N, 5) or regression scores (N,)."""
+    def forward(self, images: torch.Tensor, fellows: torch.Tensor | None = None) -> torch.Tensor:
+        """Raw outputs: logits (N, 5) or regression scores (N,).
+
+        `fellows` (binocular networks only): each image's fellow eye; None grades each eye
+        with itself as its fellow, as for an eye without one.
+        """
+        if not self.binocular:
+            if fellows is not None:
+                raise ValueError("fellow eyes given to a single-eye network")
+            out = self._backbone(images)
+        else:
+            if fellows is None:
+                own = fellow = self._backbone(images)
+            else:
+                # One backbone pass over both: fewer calls, and batch norm sees both eyes.
+                # Sliced, not chunked: chunk(2) would fix the exported batch axis at 2.
+                features = self._backbone(torch.cat([images, fellows]))
+                own, fellow = features[:images.shape[0]], features[images.shape[0]:]
+            out = self.pair_head(torch.cat([own, fellow], dim=1))
+        return out.squeeze(1) if self.is_regression else out
+
+    def _backbone(self, images: torch.Tensor) -> torch.Tensor:
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        out = self.model(images)
-        return out.squeeze(1) if self.is_regression else out
+        return self.model(images)
 
     def probabilities(self, outputs: torch.Tensor) -> torch.Tensor:
         """Per-grade probabilities (classification) or the score itself (regression)."""

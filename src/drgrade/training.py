@@ -88,7 +88,7 @@ class GradingModule(L.LightningModule):
         self.network = GradingNetwork(config.arch, config.head, pretrained=config.pretrained,
                                       weights_file=config.weights,
                                       channels_last=config.channels_last,
-                                      image_size=card.image_size)
+                                      image_size=card.image_size, binocular=card.binocular)
         weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
         self.register_buffer("class_weights", weights, persistent=False)
         # Train metrics accumulate over steps (torchmetrics syncs them across processes);
@@ -114,9 +114,9 @@ class GradingModule(L.LightningModule):
             saved = checkpoint[CHECKPOINT_KEY].get("screening_threshold")
             self.card = self.card.with_values(screening_threshold=saved)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, fellows: torch.Tensor | None = None) -> torch.Tensor:
         """Raw outputs: logits (N, 5) or regression scores (N,)."""
-        return self.network(images)
+        return self.network(images, fellows)
 
     def loss(self, outputs: torch.Tensor, grades: torch.Tensor) -> torch.Tensor:
         """The configured loss, weighted by grade when class weights are given."""
@@ -135,8 +135,8 @@ class GradingModule(L.LightningModule):
         return (image_weights * losses).sum() / image_weights.sum()
 
     def _step(self, batch, stage: str) -> torch.Tensor:
-        images, grades = batch
-        outputs = self(images)
+        *inputs, grades = batch  # (images, grades), or (images, fellows, grades) binocular
+        outputs = self(*inputs)
         loss = self.loss(outputs, grades)
         self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True, sync_dist=True,
                  batch_size=len(grades), add_dataloader_idx=False)

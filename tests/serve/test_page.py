@@ -1,6 +1,7 @@
 """The page in a real browser: `drgrade serve` in a subprocess, driven by headless Chromium."""
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -95,7 +96,9 @@ def page(browser, server):
     page.on("console", lambda m: m.type == "error" and "Failed to load resource" not in m.text
             and problems.append(f"console: {m.text}"))
     page.goto(server)
-    page.wait_for_function("document.getElementById('model').textContent.startsWith('Model:')")
+    # A locator, not wait_for_function: that evaluates a string, which the page's own
+    # Content-Security-Policy (no 'unsafe-eval') may refuse.
+    page.locator("#model", has_text=re.compile(r"^Model:")).wait_for()
     yield page
     page.close()
     assert not problems, problems

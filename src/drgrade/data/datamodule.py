@@ -42,6 +42,11 @@ class GradingDataModule(L.LightningDataModule):
                 f"e.g. `drgrade prepare {config.data} --out DIR --size {config.image_size}`, "
                 "and train on DIR"
             )
+        if config.eyes == "both" and manifest.layout == "medmnist":
+            raise DrgradeError(
+                f"{config.data}: eyes both (option --eyes) pairs each eye with the same "
+                "patient's other eye, but MedMNIST arrays name no patients or eyes: use "
+                "--eyes single, or a prepared folder of photographs with left and right eyes")
         self.manifest = manifest.require_images(fix=MISSING_FIX)
         self.table = carve_validation(self.manifest.table, config.val_fraction, config.seed)
         for split in ("train", "val") + (("test",) if config.track_test else ()):
@@ -68,7 +73,8 @@ class GradingDataModule(L.LightningDataModule):
         mean, std = normalization_stats(config)
         return ModelCard(arch=config.arch, head=config.head, image_size=config.image_size,
                          mean=mean, std=std, prepare=self.prepare_settings(),
-                         training_grade_counts=tuple(int(n) for n in self.class_counts()))
+                         training_grade_counts=tuple(int(n) for n in self.class_counts()),
+                         binocular=config.eyes == "both")
 
     def dataset(self, split: str, train: bool = False) -> GradedImages:
         """The images of one split with train or eval transforms."""
@@ -78,7 +84,8 @@ class GradingDataModule(L.LightningDataModule):
             transform = EvalTransform(self.config.image_size, *normalization_stats(self.config))
         if self.manifest.layout == "medmnist":
             return NpzDataset(self.manifest.source, split, self.grades(split), transform)
-        return ManifestDataset(self.table[self.table["split"] == split], transform)
+        return ManifestDataset(self.table[self.table["split"] == split], transform,
+                               fellows=self.config.eyes == "both")
 
     def loader(self, dataset: GradedImages, sampler=None) -> DataLoader:
         """A DataLoader with the configured batch size and workers."""

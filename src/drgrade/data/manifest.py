@@ -214,3 +214,15 @@ def write_manifest(table: pd.DataFrame, folder: Path) -> Path:
     with atomic_write(target, "w", newline="", encoding="utf-8") as handle:
         table.to_csv(handle, index=False)
     return target
+
+
+FELLOW_EYES = {"left": "right", "right": "left"}
+
+
+def fellow_indices(patients: list[str], eyes: list[str]) -> list[int]:
+    """Per image, the position of the same patient's other eye (its first), or -1: none."""
+    first: dict[tuple[str, str], int] = {}
+    for k, key in enumerate(zip(patients, eyes, strict=True)):
+        first.setdefault(key, k)
+    return [first.get((patient, FELLOW_EYES.get(eye, "")), -1)
+            for patient, eye in zip(patients, eyes, strict=True)]

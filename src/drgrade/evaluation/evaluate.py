@@ -129,9 +129,11 @@ def _scored_rows(manifest: Manifest, split: str, run_config: dict | None,
     return rows
 
 
-def _dataset(manifest: Manifest, rows: pd.DataFrame, transform: EvalTransform) -> Dataset:
+def _dataset(manifest: Manifest, rows: pd.DataFrame, transform: EvalTransform,
+             fellows: bool = False) -> Dataset:
     if manifest.layout != "medmnist":
-        return ManifestDataset(rows, transform)
+        # A binocular model's fellow: the same patient's other eye in the scored split.
+        return ManifestDataset(rows, transform, fellows=fellows)
     parts = [NpzDataset(manifest.source, split, rows.loc[rows["split"] == split, "grade"]
                         .to_numpy(np.int64), transform)
              for split in SPLITS if (rows["split"] == split).any()]
@@ -161,14 +163,16 @@ def score_split(grader: TorchGrader, data: str, split: str, *, layout: str = "au
     rows = _scored_rows(manifest, split, run_config, own_data)
     unreadable = unreadable[unreadable["split"] == split] if split != "all" else unreadable
     transform = EvalTransform(card.image_size, card.mean, card.std)
-    loader = DataLoader(_dataset(manifest, rows, transform), batch_size=batch_size,
+    loader = DataLoader(_dataset(manifest, rows, transform, card.binocular),
+                        batch_size=batch_size,
                         num_workers=0 if manifest.layout == "medmnist" else (workers or 0))
     outputs, seconds = [], 0.0
-    for inputs, _ in tqdm(loader, desc="evaluating", unit="batch",
-                          disable=None if progress else True):
+    for *inputs, _ in tqdm(loader, desc="evaluating", unit="batch",
+                           disable=None if progress else True):
         # Only the network is timed: loading and decoding images is the data's cost.
         start = time.perf_counter()
-        outputs.append(grader.outputs(inputs.numpy(), tta))
+        outputs.append(grader.outputs(inputs[0].numpy(), tta,
+                                      *(fellows.numpy() for fellows in inputs[1:])))
         seconds += time.perf_counter() - start
     return Scored(rows.reset_index(drop=True), np.concatenate(outputs),
                   unreadable.reset_index(drop=True), seconds)

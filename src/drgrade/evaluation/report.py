@@ -50,8 +50,11 @@ REPORT_HTML = "report.html"
 FIGURES = "report_figures"
 METRICS = {"accuracy": "test accuracy", "quadratic_weighted_kappa": "test kappa",
            "referable_auc": "referable AUC"}
-# Options a comparison pairs runs on: B - A is pretrained - scratch, larger - smaller size.
-PAIRED = {"pretrained": "pretrained vs scratch", "image_size": "resolution"}
+# Options a comparison pairs runs on: B - A is pretrained - scratch, larger - smaller size,
+# both eyes - single eye.
+PAIRED = {"pretrained": "pretrained vs scratch", "image_size": "resolution",
+          "eyes": "both eyes vs single eye"}
+EYES = ("single", "both")  # the order of `eyes` in a pair: A single, B both
 COMPARED = {key: LABELS[key] for key in ("quadratic_weighted_kappa", "referable_auc")}
 
 
@@ -239,11 +242,13 @@ def comparison_pairs(runs: pd.DataFrame) -> list[tuple[str, str, str]]:
     """(option, A, B) for finished runs whose configs differ in one PAIRED option only.
 
     B is the pretrained run of a pretrained/scratch pair, the next larger size of a
-    resolution pair; every other option (arch, seed, epochs, ...) is equal.
+    resolution pair, the binocular run of an eyes pair; every other option (arch, seed,
+    epochs, ...) is equal.
     """
     done = runs[runs["state"] == "done"]
-    configs = {name: read_run_config(Path(run)) for name, run in zip(done["name"], done["run"],
-                                                                       strict=True)}
+    # Runs from before the `eyes` option were single-eye runs.
+    configs = {name: {"eyes": EYES[0]} | read_run_config(Path(run))
+               for name, run in zip(done["name"], done["run"], strict=True)}
     pairs = []
     for option in PAIRED:
         groups: dict[str, list[str]] = {}
@@ -251,10 +256,15 @@ def comparison_pairs(runs: pd.DataFrame) -> list[tuple[str, str, str]]:
             rest = {key: value for key, value in config.items() if key not in ("out", option)}
             groups.setdefault(json.dumps(rest, sort_keys=True, default=str), []).append(name)
         for names in groups.values():
-            ordered = sorted(names, key=lambda name: configs[name][option])
+            ordered = sorted(names, key=lambda name: _rank(option, configs[name][option]))
             pairs += [(option, a, b) for a, b in itertools.pairwise(ordered)
                       if configs[a][option] != configs[b][option]]
     return pairs
+
+
+def _rank(option: str, value):
+    """Where a value of a PAIRED option sorts: A before B."""
+    return EYES.index(value) if option == "eyes" else value
 
 
 def comparisons(runs: pd.DataFrame, resamples: int = RESAMPLES,
@@ -416,7 +426,8 @@ def _comparisons_section(runs: pd.DataFrame, runs_dir: Path, figures: Path, resa
              "B - A on the same test images, paired: each bootstrap resample draws the "
              f"patients once and scores both runs on them ({resamples:,} resamples, seed "
              f"{seed}), so the interval is that of the difference itself. B is the pretrained "
-             "run, or the next larger image size, with every other option equal. DeLong's "
+             "run, the next larger image size, or the binocular run (eyes both), with every "
+             "other option equal. DeLong's "
              "test treats images as independent. `drgrade compare "
              f"{runs_dir}/A {runs_dir}/B --resamples {resamples} --seed {seed}` reproduces a "
              "row.", ""]

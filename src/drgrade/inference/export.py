@@ -21,7 +21,7 @@ from torch import nn
 from drgrade import __version__
 from drgrade.atomic import partial_path, write_error
 from drgrade.errors import DrgradeError
-from drgrade.inference.onnx_grader import INPUT_NAME, OnnxGrader, output_names
+from drgrade.inference.onnx_grader import FELLOW_NAME, INPUT_NAME, OnnxGrader, output_names
 from drgrade.inference.torch_grader import TorchGrader
 from drgrade.model_card import ONNX_KEY, ModelCard
 
@@ -36,8 +36,9 @@ class _Outputs(nn.Module):
         super().__init__()
         self.network = grader.network
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        outputs = self.network(image)
+    def forward(self, image: torch.Tensor, fellow: torch.Tensor | None = None
+                ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        outputs = self.network(image, fellow)
         if self.network.is_regression:
             return outputs
         return outputs, self.network.probabilities(outputs)
@@ -108,12 +109,16 @@ def export_onnx(grader: TorchGrader, out: Path | str, check_images: Sequence[Pat
                          "device='cpu')")
     size = grader.card.image_size
     # A batch of 2 when tracing, so the batch axis cannot be specialised to 1.
-    example = torch.zeros(2, 3, size, size)
+    # A binocular model takes each image's fellow eye too, with the same batch axis; one
+    # tensor per input, as one passed twice would be traced as a single input.
+    inputs = [INPUT_NAME, FELLOW_NAME] if grader.card.binocular else [INPUT_NAME]
+    examples = tuple(torch.zeros(2, 3, size, size) for _ in inputs)
+    batch = torch.export.Dim("batch")
     try:
         program = torch.onnx.export(
-            _Outputs(grader).eval(), (example,), input_names=[INPUT_NAME],
+            _Outputs(grader).eval(), examples, input_names=inputs,
             output_names=output_names(grader.head),
-            dynamic_shapes={INPUT_NAME: {0: torch.export.Dim("batch")}},
+            dynamic_shapes={name: {0: batch} for name in inputs},
             dynamo=True, verbose=False,
         )
     except Exception as error:  # torch.export names the operation it could not capture
@@ -135,11 +140,15 @@ def _compare(grader: TorchGrader, written: Path, out: Path, check_images: Sequen
              ) -> ExportReport:
     """onnxruntime on the written file against PyTorch; an error if they differ."""
     inputs, checked = check_inputs(grader, check_images)
+    # A binocular model is checked with other images as fellows (the batch reversed), so
+    # that the fellow input is seen to matter.
+    fellows = np.ascontiguousarray(inputs[::-1]) if grader.card.binocular else None
     with torch.no_grad():
         # Logits, not probabilities: softmax hides errors.
-        expected = grader.network(grader.tensor(inputs)).numpy()
+        expected = grader.network(grader.tensor(inputs), None if fellows is None
+                                  else grader.tensor(fellows)).numpy()
     output = output_names(grader.head)[0]
-    actual = OnnxGrader(written).run(output, inputs)
+    actual = OnnxGrader(written).run(output, inputs, fellows)
     difference = float(np.abs(actual - expected).max())
     if not difference <= TOLERANCE:  # also catches NaN
         raise DrgradeError(

@@ -39,6 +39,7 @@ class Prediction:
     score: float | None = None  # continuous grade (regression head)
     error: str | None = None
     warning: str | None = None  # graded, but with a caveat (e.g. a greyscale photograph)
+    fellow: str | None = None  # binocular models: the image graded as its fellow eye
 
     @property
     def grade_name(self) -> str | None:
@@ -76,8 +77,9 @@ class GraderBase:
     def is_regression(self) -> bool:
         return self.card.is_regression
 
-    def probabilities(self, batch: np.ndarray) -> np.ndarray:
-        """Probabilities (N, 5) or scores (N,) of one view of a batch (N, 3, S, S)."""
+    def probabilities(self, batch: np.ndarray, fellows: np.ndarray | None = None) -> np.ndarray:
+        """Probabilities (N, 5) or scores (N,) of one view of a batch (N, 3, S, S); a
+        binocular model's `fellows` are each image's fellow eye (None: the image itself)."""
         raise NotImplementedError
 
     def photograph(self, source: Path | str | BinaryIO) -> Photograph:
@@ -89,10 +91,15 @@ class GraderBase:
         """Network input (N, 3, S, S) for preprocessed images."""
         return np.stack([self.preprocessor.transform(image) for image in images])
 
-    def outputs(self, batch: np.ndarray, tta: bool = False) -> np.ndarray:
-        """Per-grade probabilities (N, 5) or regression scores (N,), optionally flip-averaged."""
-        views = [self.probabilities(np.ascontiguousarray(np.flip(batch, axes)) if axes else batch)
-                 for axes in (TTA_FLIPS if tta else TTA_FLIPS[:1])]
+    def outputs(self, batch: np.ndarray, tta: bool = False,
+                fellows: np.ndarray | None = None) -> np.ndarray:
+        """Per-grade probabilities (N, 5) or regression scores (N,), optionally flip-averaged
+        (a binocular model's fellows flipped alike)."""
+        views = []
+        for axes in TTA_FLIPS if tta else TTA_FLIPS[:1]:
+            # A single-eye grader is called as before fellows existed: (batch) alone.
+            extra = () if fellows is None else (_flipped(fellows, axes),)
+            views.append(self.probabilities(_flipped(batch, axes), *extra))
         return np.mean(views, axis=0)
 
     def decode(self, outputs: np.ndarray) -> np.ndarray:
@@ -125,6 +132,10 @@ class GraderBase:
                                         self.outputs(self.to_batch([photograph.image]), tta))
         prediction.warning = photograph.warning
         return prediction
+
+
+def _flipped(batch: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
+    return np.ascontiguousarray(np.flip(batch, axes)) if axes else batch
 
 
 def failure_reason(error: Exception) -> str:

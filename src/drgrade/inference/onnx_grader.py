@@ -17,6 +17,7 @@ from drgrade.inference.grader import GraderBase
 from drgrade.model_card import ONNX_KEY, ModelCard
 
 INPUT_NAME = "image"
+FELLOW_NAME = "fellow"  # a binocular model's second input: each image's fellow eye
 LEGACY_PREFIX = "drgrade."  # metadata keys of files exported before model cards
 
 
@@ -64,10 +65,15 @@ class OnnxGrader(GraderBase):
                                             str(path)))
         self.version = self.card.drgrade_version
 
-    def run(self, output: str, batch: np.ndarray) -> np.ndarray:
-        """One named output of the graph for a batch."""
-        inputs = np.ascontiguousarray(batch, dtype=np.float32)
-        return self.session.run([output], {INPUT_NAME: inputs})[0]
+    def run(self, output: str, batch: np.ndarray, fellows: np.ndarray | None = None
+            ) -> np.ndarray:
+        """One named output of the graph for a batch (binocular: each image its own fellow
+        unless `fellows` are given)."""
+        inputs = {INPUT_NAME: np.ascontiguousarray(batch, dtype=np.float32)}
+        if self.card.binocular:
+            inputs[FELLOW_NAME] = (inputs[INPUT_NAME] if fellows is None
+                                   else np.ascontiguousarray(fellows, dtype=np.float32))
+        return self.session.run([output], inputs)[0]
 
-    def probabilities(self, batch: np.ndarray) -> np.ndarray:
-        return self.run(output_names(self.head)[-1], batch)
+    def probabilities(self, batch: np.ndarray, fellows: np.ndarray | None = None) -> np.ndarray:
+        return self.run(output_names(self.head)[-1], batch, fellows)

@@ -23,6 +23,8 @@ from tqdm import tqdm
 
 from drgrade.atomic import atomic_write, make_folder
 from drgrade.data.fundus import IMAGE_SUFFIXES
+from drgrade.data.manifest import fellow_indices
+from drgrade.data.sources import eyepacs_identity
 from drgrade.errors import DrgradeError
 from drgrade.grades import GRADE_NAMES, NUM_GRADES
 from drgrade.inference.grader import Batch, GraderBase, Prediction, failure_reason
@@ -69,12 +71,11 @@ def load_input(preprocessor: Preprocessor, path: Path) -> Loaded:
         return None, failure_reason(error), None
 
 
-def _loaded(preprocessor: Preprocessor, images: list[Path], batch_size: int, workers: int
+def _loaded(preprocessor: Preprocessor, batches: list[list[Path]], workers: int
             ) -> Iterator[list[Loaded]]:
     """Loaded inputs batch by batch; with workers, the next batch loads while this one is
     graded (one batch ahead, so memory stays bounded on any archive)."""
     load = partial(load_input, preprocessor)
-    batches = [images[i:i + batch_size] for i in range(0, len(images), batch_size)]
     if workers == 0 or len(batches) == 1:  # nothing to load ahead: a worker only costs
         yield from ([load(path) for path in batch] for batch in batches)
         return
@@ -88,25 +89,55 @@ def _loaded(preprocessor: Preprocessor, images: list[Path], batch_size: int, wor
             yield loaded
 
 
+def fellow_images(images: list[Path]) -> dict[Path, Path]:
+    """Each photograph named `<patient>_<left|right>` whose other eye is among `images`:
+    that other eye's file."""
+    identities = [eyepacs_identity(path.stem) for path in images]
+    fellows = fellow_indices([i["patient"] for i in identities], [i["eye"] for i in identities])
+    return {path: images[k] for path, k in zip(images, fellows, strict=True) if k >= 0}
+
+
 def iter_batches(grader: GraderBase, images: list[Path], batch_size: int = 16,
                  tta: bool = False, workers: int = 0) -> Iterator[Batch]:
-    """Predictions batch by batch, in the order of `images`."""
-    start = 0
-    for items in _loaded(grader.preprocessor, images, batch_size, workers):
-        names = [str(path) for path in images[start:start + len(items)]]
-        start += len(items)
-        predictions = [Prediction(name, error=error) for name, (_, error, _) in zip(names, items,
-                                                                                    strict=True)]
-        graded = [k for k, (array, _, _) in enumerate(items) if array is not None]
+    """Predictions batch by batch, in the order of `images`.
+
+    A binocular model grades each photograph with its fellow eye (`fellow_images`), loaded
+    with its batch wherever it falls; one without a usable fellow is its own.
+    """
+    fellows = fellow_images(images) if grader.card.binocular else {}
+    batches = [images[i:i + batch_size] for i in range(0, len(images), batch_size)]
+    loads = [list(dict.fromkeys(batch + [fellows[p] for p in batch if p in fellows]))
+             for batch in batches]
+    for batch, load, items in zip(batches, loads, _loaded(grader.preprocessor, loads, workers),
+                                  strict=True):
+        loaded = dict(zip(load, items, strict=True))
+        names = [str(path) for path in batch]
+        predictions = [Prediction(str(path), error=loaded[path][1]) for path in batch]
+        graded = [k for k, path in enumerate(batch) if loaded[path][0] is not None]
         if not graded:
             yield Batch(predictions)
             continue
-        inputs = np.stack([items[k][0] for k in graded])
-        results = grader.predictions([names[k] for k in graded], grader.outputs(inputs, tta))
-        for k, result in zip(graded, results, strict=True):
-            result.warning = items[k][2]
+        inputs = np.stack([loaded[batch[k]][0] for k in graded])
+        partners, fellow_inputs = None, None
+        if grader.card.binocular:
+            partners = [_partner(batch[k], fellows, loaded) for k in graded]
+            fellow_inputs = np.stack([loaded[path][0] for path in partners])
+            for prediction in predictions:  # a failed row names no fellow
+                prediction.fellow = ""
+        results = grader.predictions([names[k] for k in graded],
+                                     grader.outputs(inputs, tta, fellow_inputs))
+        for j, (k, result) in enumerate(zip(graded, results, strict=True)):
+            result.warning = loaded[batch[k]][2]
+            if partners is not None:
+                result.fellow = str(partners[j])
             predictions[k] = result
         yield Batch(predictions, inputs, graded)
+
+
+def _partner(path: Path, fellows: dict[Path, Path], loaded: dict[Path, Loaded]) -> Path:
+    """The fellow a photograph is graded with: its other eye if that loaded, else itself."""
+    fellow = fellows.get(path)
+    return fellow if fellow is not None and loaded[fellow][0] is not None else path
 
 
 @dataclass
@@ -139,13 +170,14 @@ class PredictSummary:
         return "\n".join(lines)
 
 
-def csv_header(regression: bool, kaggle: bool, explain: bool) -> list[str]:
-    """Columns of the predictions CSV."""
+def csv_header(regression: bool, kaggle: bool, explain: bool, binocular: bool = False
+               ) -> list[str]:
+    """Columns of the predictions CSV (binocular models: the fellow graded with each)."""
     if kaggle:
         return ["image", "level"]
     values = ["score"] if regression else [f"p{g}" for g in range(NUM_GRADES)]
     return ["image", "grade", "grade_name", *values, "referable", "error", "warning"] + (
-        ["heat_map"] if explain else [])
+        ["fellow"] if binocular else []) + (["heat_map"] if explain else [])
 
 
 def csv_row(p: Prediction, regression: bool, kaggle: bool = False,
@@ -160,6 +192,8 @@ def csv_row(p: Prediction, regression: bool, kaggle: bool = False,
     else:
         values = [f"{v:.6g}" for v in p.probabilities]
     row = [p.image, p.grade, p.grade_name, *values, p.referable, p.error or "", p.warning or ""]
+    if p.fellow is not None:
+        row.append(p.fellow)
     return row if heat_map is None else [*row, heat_map]
 
 
@@ -203,7 +237,8 @@ def predict(grader: GraderBase, paths: Sequence[Path | str], out: Path | str,
             total=len(images), desc="predict", unit="img",
             disable=None if progress else True) as bar:
         writer = csv.writer(handle)
-        writer.writerow(csv_header(grader.is_regression, kaggle, heat_map_writer is not None))
+        writer.writerow(csv_header(grader.is_regression, kaggle, heat_map_writer is not None,
+                                   grader.card.binocular))
         for batch in iter_batches(grader, images, batch_size, tta, workers):
             maps = heat_map_writer.write(batch) if heat_map_writer else {}
             for k, p in enumerate(batch.predictions):

@@ -40,6 +40,7 @@ class TorchGrader(GraderBase):
         return torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
 
     @torch.no_grad()
-    def probabilities(self, batch: np.ndarray) -> np.ndarray:
-        outputs = self.network.probabilities(self.network(self.tensor(batch)))
+    def probabilities(self, batch: np.ndarray, fellows: np.ndarray | None = None) -> np.ndarray:
+        fellow_tensor = None if fellows is None else self.tensor(fellows)
+        outputs = self.network.probabilities(self.network(self.tensor(batch), fellow_tensor))
         return outputs.float().cpu().numpy()
