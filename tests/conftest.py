@@ -51,7 +51,7 @@ def idrid_release(shared_data, tmp_path_factory) -> Path:
     photographs, with label CSVs in IDRiD's exact format."""
     import csv
 
-    from drgrade.data.sources import IDRID_RELEASE, IDRID_SETS
+    from drgrade.data.sources.idrid import IDRID_RELEASE, IDRID_SETS
 
     real = shared_data / "idrid-train"
     with (real / "train.csv").open(newline="") as handle:

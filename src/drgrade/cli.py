@@ -20,9 +20,9 @@ def _add_source_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_layout_options(parser: argparse.ArgumentParser) -> None:
-    from drgrade.data.sources import READERS
+    from drgrade.data.sources import LAYOUTS
 
-    parser.add_argument("--format", default="auto", choices=["auto", *READERS],
+    parser.add_argument("--format", default="auto", choices=["auto", *LAYOUTS],
                         help="dataset layout (auto: detected when unambiguous)")
     parser.add_argument("--labels", type=Path, help="label CSV (or folder) if not in SOURCE")
     parser.add_argument("--images", type=Path, help="image folder if not where the layout says")

@@ -10,7 +10,8 @@ from PIL import Image
 
 from drgrade.cli import main
 from drgrade.data.manifest import patients_in_several_splits, split_counts
-from drgrade.data.sources import IDRID_RELEASE, IDRID_SETS, read_prepared, read_source
+from drgrade.data.sources import read_prepared, read_source
+from drgrade.data.sources.idrid import IDRID_RELEASE, IDRID_SETS
 from drgrade.errors import DrgradeError
 
 N_TRAIN, N_TEST = 40, 20

@@ -1,0 +1,91 @@
+"""Label rows matched to the image files a reader found, and the Manifest they make."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from drgrade.data.fundus import IMAGE_SUFFIXES
+from drgrade.data.manifest import Manifest, duplicate_problems, make_table
+from drgrade.errors import DrgradeError, Problem, problems_error
+
+
+def index_images(folder: Path) -> dict[str, Path]:
+    """Image files directly in `folder`, by file name without extension."""
+    if not folder.is_dir():
+        return {}
+    return {
+        p.stem: p
+        for p in sorted(folder.iterdir())
+        if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+    }
+
+
+@dataclass(frozen=True)
+class ImageIndex:
+    """The image files a reader found, by image id, and where it looked for them.
+
+    `folders` maps an id prefix to the folders searched for ids with it, so a missing
+    image is looked for, and reported, in its own split's folder.
+    """
+
+    found: dict[str, Path]
+    folders: dict[str, str]
+
+    def where(self, image_id: str = "") -> str:
+        """The folders searched for `image_id` (for every image when not given)."""
+        if not image_id:
+            return " or ".join(self.folders.values())
+        return next(w for p, w in self.folders.items() if image_id.startswith(p))
+
+    def __or__(self, other: ImageIndex) -> ImageIndex:
+        folders = dict(self.folders)
+        for prefix, where in other.folders.items():
+            folders[prefix] = f"{folders[prefix]} or {where}" if prefix in folders else where
+        return ImageIndex({**self.found, **other.found}, folders)
+
+
+def image_index(*folders: Path, prefix: str = "") -> ImageIndex:
+    """Image files directly in `folders`, by `prefix` + file name without extension."""
+    found = {}
+    for folder in folders:
+        found |= {prefix + stem: path for stem, path in index_images(folder).items()}
+    return ImageIndex(found, {prefix: " or ".join(map(str, folders))})
+
+
+def attach_images(
+    rows: list[dict], places: list[tuple[str, int]], labels_name: str, images: ImageIndex,
+    layout: str, source: Path, problems: list[Problem], left_out: set[str] = frozenset(),
+) -> Manifest:
+    """Finish a label-file reader: check rows, find each listed image, note the unlisted.
+
+    `places` holds the (file, line) each row came from, so every problem names its row.
+    `left_out` are listed images the reader excluded on purpose (and reports itself), so
+    they do not count as unlisted.
+    """
+    table = make_table(rows)
+    problems = problems + duplicate_problems(table, places)
+    if problems:
+        raise problems_error(f"{labels_name}: invalid label rows", problems)
+    if table.empty:
+        raise DrgradeError(f"{source}: {labels_name} has no graded image rows (only a header, "
+                           "or every row left out); a label file has one row per image")
+    found = images.found
+    table["path"] = [str(found[i]) if i in found else "" for i in table["image_id"]]
+    missing = [
+        Problem(file, line, image_id, f"image not found in {images.where(image_id)}")
+        for image_id, (file, line), path in zip(table["image_id"], places, table["path"],
+                                                strict=True)
+        if not path
+    ]
+    manifest = Manifest(table, layout, source, missing)
+    unlisted = len(set(found) - set(table["image_id"]) - left_out)
+    if unlisted:
+        manifest.warnings.append(
+            f"{unlisted} image(s) in {images.where()} are not in {labels_name} and are ignored"
+        )
+    if missing:
+        manifest.warnings.append(
+            f"images found: {manifest.n_found} of {len(table)} listed in {labels_name}"
+        )
+    return manifest
