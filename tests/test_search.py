@@ -158,3 +158,25 @@ def test_rerun_with_another_plan_is_refused(searched, npz, tmp_path):
     changed = _search_file(tmp_path, {**SPACE, "head": ["regression"]}, seed=4)
     with pytest.raises(DrgradeError, match="started with another seed, space"):
         search_module.run_search(changed, out, 3, {"data": str(npz)})
+
+
+def test_pruned_trial_stops_early_and_is_reported(npz, tmp_path, monkeypatch, capsys):
+    # No validation kappa exceeds 2, so this pruner prunes each trial at its first report:
+    # the median pruner's decision stood in for by one that is certain, the path is real.
+    monkeypatch.setattr(optuna.pruners, "MedianPruner",
+                        lambda: optuna.pruners.ThresholdPruner(upper=None, lower=2.0))
+    path, out = _search_file(tmp_path, set={"epochs": 3, "max_train_batches": 2,
+                                            "batch_size": 32}), tmp_path / "out"
+    assert _search(path, out, 2, npz) == 0
+    assert "trial-1: pruned after 1 of 3 epochs" in capsys.readouterr().out
+    trials = _trials(out)
+    assert [t.state for t in trials] == [optuna.trial.TrialState.PRUNED] * 2
+    for trial in trials:
+        assert sorted(trial.intermediate_values) == [0]  # stopped after its first epoch
+        assert len(pd.read_csv(out / f"trial-{trial.number}" / "log.csv")) == 1
+    report = (out / "search.md").read_text()
+    assert "2 pruned" in report and "Chosen recipe" not in report
+    assert all((out / f"trial-{t.number}/checkpoints/last.ckpt").is_file() for t in trials)
+    # A rerun does not take a pruned trial for an interrupted one.
+    assert _search(path, out, 2, npz) == 0
+    assert len(_trials(out)) == 2

@@ -223,6 +223,20 @@ def _open_study(search: Search, out: Path) -> optuna.Study:
     return study
 
 
+class EpochEndPruning(PyTorchLightningPruningCallback):
+    """Optuna's pruning callback, but a pruned trial stops at the end of its epoch instead
+    of raising mid-validation, so its run folder keeps that epoch's log.csv row, curves and
+    checkpoints like any other run's."""
+
+    pruned = False
+
+    def on_validation_end(self, trainer, module) -> None:
+        try:
+            super().on_validation_end(trainer, module)
+        except optuna.TrialPruned:
+            self.pruned = trainer.should_stop = True
+
+
 def _run_trial(search: Search, study: optuna.Study, trial: Trial, params: dict,
                out: Path) -> str:
     """Train one trial (continuing its run folder if interrupted) and tell the study."""
@@ -230,17 +244,17 @@ def _run_trial(search: Search, study: optuna.Study, trial: Trial, params: dict,
     config = search.config(params, run)
     state = run_state(run, config.epochs)
     if state in ("new", "interrupted"):
-        pruning = PyTorchLightningPruningCallback(trial, monitor=MONITOR)
+        pruning = EpochEndPruning(trial, monitor=MONITOR)
         try:
             train(config, resume=state == "interrupted", extra_callbacks=[pruning])
-        except optuna.TrialPruned:
-            study.tell(trial, state=TrialState.PRUNED)
-            return "pruned"
         except DrgradeError as error:
             # A diverging learning rate is an outcome of the search, not a reason to stop it.
             trial.set_user_attr("error", str(error))
             study.tell(trial, state=TrialState.FAIL)
             return f"failed: {error}"
+        if pruning.pruned:
+            study.tell(trial, state=TrialState.PRUNED)
+            return f"pruned after {len(pd.read_csv(run / LOG_FILE))} of {config.epochs} epochs"
     value = best_val_kappa(run)
     study.tell(trial, value)
     return f"val kappa {value:.3f}"
