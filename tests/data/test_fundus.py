@@ -1,4 +1,5 @@
-"""Fundus preprocessing: loading every image mode, finding the disc, crop, Ben Graham."""
+"""Fundus preprocessing: loading every image mode (photographs), finding the disc (disc),
+crop and Ben Graham (fundus)."""
 
 import io
 import struct
@@ -10,18 +11,14 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFile
 
-from drgrade.data.fundus import (
+from drgrade.data.disc import Fundus, find_fundus
+from drgrade.data.fundus import ben_graham, crop_square, preprocess, preprocess_photograph
+from drgrade.data.photographs import (
     MAX_MEGAPIXELS_ENV,
-    Fundus,
     NotAnImage,
     RejectedImage,
     TooManyPixels,
-    ben_graham,
-    crop_square,
-    find_fundus,
     load_photograph,
-    preprocess,
-    preprocess_photograph,
     read_photograph,
 )
 from drgrade.errors import DrgradeError

@@ -18,8 +18,8 @@ from PIL import Image
 from drgrade import atomic
 from drgrade.cli import main
 from drgrade.data import prepare as prepare_module
-from drgrade.data.fundus import load_photograph
 from drgrade.data.manifest import Manifest, make_table
+from drgrade.data.photographs import load_photograph
 from drgrade.data.prepare import file_names, prepare_dataset
 from drgrade.data.sources import read_prepared, read_source
 from drgrade.data.synthetic import synthetic_fundus, write_synthetic_dataset

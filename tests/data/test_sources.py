@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from drgrade.data.fundus import load_photograph
 from drgrade.data.manifest import COLUMNS, patients_in_several_splits, split_counts
+from drgrade.data.photographs import load_photograph
 from drgrade.data.sources import detect_layout, read_source
 from drgrade.errors import DrgradeError
 

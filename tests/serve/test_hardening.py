@@ -19,7 +19,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image, ImageFile
 
-from drgrade.data.fundus import Photograph
+from drgrade.data.photographs import Photograph
 from drgrade.inference.grader import GraderBase
 from drgrade.model_card import ModelCard
 from drgrade.serve.app import create_app, listen_socket, uvicorn_server

@@ -31,7 +31,8 @@ from tqdm import tqdm
 
 from drgrade import __version__
 from drgrade.atomic import PARTIAL_SUFFIX, atomic_write, write_error, write_text
-from drgrade.data.fundus import ENHANCEMENTS, RejectedImage, preprocess
+from drgrade.data.fundus import ENHANCEMENTS, preprocess
+from drgrade.data.photographs import RejectedImage
 from drgrade.errors import DrgradeError
 
 if TYPE_CHECKING:  # pandas and the manifest module load slowly; worker processes skip them

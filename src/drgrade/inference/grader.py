@@ -15,7 +15,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image
 
-from drgrade.data.fundus import Photograph, RejectedImage
+from drgrade.data.photographs import Photograph, RejectedImage
 from drgrade.errors import DrgradeError
 from drgrade.grades import GRADE_NAMES, REFERABLE_GRADE
 from drgrade.model_card import ModelCard

@@ -22,8 +22,8 @@ import numpy as np
 from tqdm import tqdm
 
 from drgrade.atomic import atomic_write, make_folder
-from drgrade.data.fundus import IMAGE_SUFFIXES
 from drgrade.data.manifest import fellow_indices
+from drgrade.data.photographs import IMAGE_SUFFIXES
 from drgrade.data.sources import eyepacs_identity
 from drgrade.errors import DrgradeError
 from drgrade.grades import GRADE_NAMES, NUM_GRADES

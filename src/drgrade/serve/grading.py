@@ -14,7 +14,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from drgrade.data.fundus import NotAnImage, RejectedImage, TooManyPixels
+from drgrade.data.photographs import NotAnImage, RejectedImage, TooManyPixels
 from drgrade.errors import DrgradeError
 from drgrade.grades import GRADE_NAMES, REFERABLE_GRADE
 from drgrade.inference.grader import GraderBase, Prediction

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from drgrade.data.fundus import IMAGE_SUFFIXES
 from drgrade.data.manifest import Manifest, duplicate_problems, make_table
+from drgrade.data.photographs import IMAGE_SUFFIXES
 from drgrade.errors import DrgradeError, Problem, problems_error
 
 
