@@ -20,7 +20,7 @@ from drgrade.data.sources import read_source
 from drgrade.data.synthetic import write_synthetic_dataset
 from drgrade.errors import DrgradeError
 from drgrade.evaluation.evaluate import evaluate
-from drgrade.evaluation.report import comparison_pairs
+from drgrade.evaluation.report_data import comparison_pairs
 from drgrade.fit import train
 from drgrade.inference.export import TOLERANCE, export_onnx
 from drgrade.inference.onnx_grader import OnnxGrader

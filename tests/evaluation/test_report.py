@@ -14,20 +14,22 @@ from drgrade.errors import DrgradeError
 from drgrade.evaluation.compare import difference_text
 from drgrade.evaluation.comparison import compare_models
 from drgrade.evaluation.metrics import format_interval
-from drgrade.evaluation.report import (
-    HEADLINE,
-    PATIENTS,
-    RECALL,
-    REFERABLE,
+from drgrade.evaluation.report import write_report
+from drgrade.evaluation.report_data import (
     collect_evaluations,
     collect_runs,
     comparison_pairs,
     comparisons,
     curve_data,
+)
+from drgrade.evaluation.report_tables import (
+    HEADLINE,
+    PATIENTS,
+    RECALL,
+    REFERABLE,
     evaluation_table,
     lab_table,
     resolution_table,
-    write_report,
 )
 from drgrade.experiment import load_experiment
 

@@ -12,7 +12,8 @@ import pandas as pd
 
 from drgrade.atomic import write_text
 from drgrade.evaluation.metrics import INTERVAL_METRICS, format_interval, format_value
-from drgrade.evaluation.report import markdown_table, markdown_to_html
+from drgrade.evaluation.report import markdown_to_html
+from drgrade.evaluation.report_tables import markdown_table
 from drgrade.run_folder import CONFIG_FILE, METRICS_FILE
 
 if TYPE_CHECKING:
