@@ -1,7 +1,9 @@
-"""The command line: help, inspect, and errors printed without a traceback."""
+"""The command line: help, inspect, train's summary, and errors printed without a traceback."""
 
 import subprocess
 import sys
+
+import pandas as pd
 
 from drgrade.cli import main
 
@@ -28,3 +30,16 @@ def test_console_entry_points():
     result = subprocess.run([sys.executable, "-m", "drgrade", "--help"],
                             capture_output=True, text=True, check=True)
     assert "inspect" in result.stdout and "prepare" in result.stdout
+
+
+def test_train_says_which_epoch_it_chose_and_what_to_run_next(shared_data, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(shared_data / "retinamnist/retinamnist.npz"),
+                 "--out", str(run), "--epochs", "2", "--max-train-batches", "2",
+                 "--batch-size", "32", "--num-workers", "0", "--logger", "csv"]) == 0
+    out = capsys.readouterr().out
+    log = pd.read_csv(run / "log.csv")
+    best = log["val_kappa"].idxmax()  # best.ckpt keeps the first epoch with the top kappa
+    assert (f"best validation kappa {log['val_kappa'][best]:.3f}, at epoch "
+            f"{log['epoch'][best] + 1} of 2 (checkpoints/best.ckpt)") in out
+    assert f"`drgrade evaluate {run}`" in out

@@ -79,7 +79,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     """Train one experiment config into a run folder."""
     from drgrade.config import config_overrides, load_config
     from drgrade.fit import train
-    from drgrade.run_folder import CONFIG_FILE
+    from drgrade.run_folder import CONFIG_FILE, chosen_epoch, epochs_logged
 
     config_file = args.config
     if args.resume and config_file is None and args.out:
@@ -87,7 +87,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         config_file = Path(args.out) / CONFIG_FILE
     config = load_config(config_file, config_overrides(args))
     run = train(config, resume=args.resume)
-    print(f"run folder: {run}")
+    epoch, kappa = chosen_epoch(run)
+    print(f"run folder: {run}\nbest validation kappa {kappa:.3f}, at epoch {epoch} of "
+          f"{epochs_logged(run)} (checkpoints/best.ckpt); score it on the test split with "
+          f"`drgrade evaluate {run}`")
     return 0
 
 

@@ -71,6 +71,16 @@ def epochs_logged(run: Path) -> int:
     return len(pd.read_csv(log)) if log.is_file() else 0
 
 
+def chosen_epoch(run: Path) -> tuple[int, float] | None:
+    """(epoch, counted from 1, and its validation kappa) of the epoch best.ckpt holds: the
+    first with the highest validation kappa; None before the first epoch."""
+    log = Path(run) / LOG_FILE
+    if not log.is_file():
+        return None
+    kappa = pd.read_csv(log).set_index("epoch")["val_kappa"]
+    return int(kappa.idxmax()) + 1, float(kappa.max())
+
+
 def stopped_early(run: Path) -> dict | None:
     """{'epoch', 'reason'} when early stopping ended the run, else None."""
     env_file = Path(run) / ENVIRONMENT_FILE

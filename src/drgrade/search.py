@@ -31,7 +31,6 @@ from pathlib import Path
 
 import numpy as np
 import optuna
-import pandas as pd
 from optuna.distributions import (
     BaseDistribution,
     CategoricalDistribution,
@@ -47,7 +46,7 @@ from drgrade.errors import DrgradeError
 from drgrade.evaluation.evaluate import evaluate
 from drgrade.evaluation.search_report import write_search_report
 from drgrade.fit import train
-from drgrade.run_folder import LOG_FILE, METRICS_FILE, run_state
+from drgrade.run_folder import METRICS_FILE, chosen_epoch, epochs_logged, run_state
 
 SEARCH_KEYS = {"base", "set", "space", "trials", "seed", "pruner"}
 RANGE_KEYS = {"low", "high", "log", "step"}
@@ -197,7 +196,7 @@ def _suggest(trial: Trial, name: str, distribution: BaseDistribution):
 
 def best_val_kappa(run: Path) -> float:
     """A trial's value: the best validation kappa of its epochs (the epoch best.ckpt holds)."""
-    return float(pd.read_csv(Path(run) / LOG_FILE)[MONITOR].max())
+    return chosen_epoch(run)[1]
 
 
 def trial_folder(out: Path, number: int) -> Path:
@@ -254,7 +253,7 @@ def _run_trial(search: Search, study: optuna.Study, trial: Trial, params: dict,
             return f"failed: {error}"
         if pruning.pruned:
             study.tell(trial, state=TrialState.PRUNED)
-            return f"pruned after {len(pd.read_csv(run / LOG_FILE))} of {config.epochs} epochs"
+            return f"pruned after {epochs_logged(run)} of {config.epochs} epochs"
     value = best_val_kappa(run)
     study.tell(trial, value)
     return f"val kappa {value:.3f}"

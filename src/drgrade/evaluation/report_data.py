@@ -28,6 +28,7 @@ from drgrade.run_folder import (
     LOG_FILE,
     METRICS_FILE,
     PLAN_FILE,
+    chosen_epoch,
     read_run_config,
     run_state,
 )
@@ -77,8 +78,7 @@ def _run_row(run: Path) -> dict:
     if (run / LOG_FILE).is_file():
         log = pd.read_csv(run / LOG_FILE)
         row["epochs_done"] = len(log)
-        # best.ckpt is the first epoch with the highest validation kappa.
-        row["chosen_epoch"] = int(log.loc[log["val_kappa"].idxmax(), "epoch"]) + 1
+        row["chosen_epoch"] = chosen_epoch(run)[0]
     if (run / METRICS_FILE).is_file():
         metrics = json.loads((run / METRICS_FILE).read_text())
         row |= {key: metrics[key] for key in METRICS}
