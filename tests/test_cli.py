@@ -36,7 +36,8 @@ def test_train_says_which_epoch_it_chose_and_what_to_run_next(shared_data, tmp_p
     run = tmp_path / "run"
     assert main(["train", "--data", str(shared_data / "retinamnist/retinamnist.npz"),
                  "--out", str(run), "--epochs", "2", "--max-train-batches", "2",
-                 "--batch-size", "32", "--num-workers", "0", "--logger", "csv"]) == 0
+                 "--image-size", "28", "--batch-size", "32", "--num-workers", "0",
+                 "--logger", "csv"]) == 0
     out = capsys.readouterr().out
     log = pd.read_csv(run / "log.csv")
     best = log["val_kappa"].idxmax()  # best.ckpt keeps the first epoch with the top kappa
