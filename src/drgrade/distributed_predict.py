@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
-import logging
 import sys
-import warnings
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -37,11 +35,9 @@ from drgrade.inference.predict import (
 )
 from drgrade.inference.torch_grader import TorchGrader
 from drgrade.preprocessing import Preprocessor
+from drgrade.quiet_lightning import quiet_lightning
 
-# drgrade prints its own summary; Lightning's start-up notes are noise to users.
-logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-# Lightning 2.6 calls a torch API that torch 2.14 deprecates; nothing for users to act on.
-warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+quiet_lightning()
 
 Indexed = tuple[int, Prediction]  # position in the input list, prediction
 
@@ -140,17 +136,8 @@ class PartWriter(BasePredictionWriter):
             writer = csv.writer(handle)
             writer.writerow(csv_header(self.regression, self.kaggle, explain=False))
             for index in range(total):
-                p = rows[index]
-                if p.grade is None:
-                    summary.failed.append(p)
-                    if self.kaggle:
-                        continue  # Kaggle wants a level for every row; failures are printed
-                else:
-                    summary.graded += 1
-                    summary.grades[p.grade] += 1
-                    if p.warning:
-                        summary.warned.append(p)
-                writer.writerow(csv_row(p, self.regression, self.kaggle))
+                if summary.count(rows[index]):
+                    writer.writerow(csv_row(rows[index], self.regression, self.kaggle))
         for part in parts:
             part.unlink()
         return summary

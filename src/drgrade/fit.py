@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,6 +19,7 @@ from drgrade.divergence import DivergenceGuard
 from drgrade.errors import DrgradeError
 from drgrade.loggers import logging_callbacks, make_logger
 from drgrade.plots import plot_curves
+from drgrade.quiet_lightning import quiet_lightning
 from drgrade.run_folder import (
     BEST_CHECKPOINT,
     CHECKPOINT_DIR,
@@ -30,10 +30,7 @@ from drgrade.run_folder import (
 )
 from drgrade.training import GradingModule, RecordedEarlyStopping
 
-# drgrade prints its own summary; Lightning's start-up notes and tips are noise to users.
-logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-# Lightning 2.6 calls a torch API that torch 2.14 deprecates; nothing for users to act on.
-warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+quiet_lightning()
 # --resume writes into the run's own checkpoint folder on purpose.
 warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
 

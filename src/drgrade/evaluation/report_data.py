@@ -29,6 +29,7 @@ from drgrade.run_folder import (
     METRICS_FILE,
     PLAN_FILE,
     chosen_epoch,
+    epochs_logged,
     read_run_config,
     run_state,
 )
@@ -75,10 +76,9 @@ def _run_row(run: Path) -> dict:
     row["state"] = run_state(run, config["epochs"])
     if (run / ENVIRONMENT_FILE).is_file():
         row["command"] = json.loads((run / ENVIRONMENT_FILE).read_text())["command"]
-    if (run / LOG_FILE).is_file():
-        log = pd.read_csv(run / LOG_FILE)
-        row["epochs_done"] = len(log)
-        row["chosen_epoch"] = chosen_epoch(run)[0]
+    if (chosen := chosen_epoch(run)) is not None:
+        row["epochs_done"] = epochs_logged(run)
+        row["chosen_epoch"] = chosen[0]
     if (run / METRICS_FILE).is_file():
         metrics = json.loads((run / METRICS_FILE).read_text())
         row |= {key: metrics[key] for key in METRICS}

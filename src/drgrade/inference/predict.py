@@ -152,6 +152,18 @@ class PredictSummary:
     heat_maps: Path | None = None
     kaggle: bool = False  # failures are then only printed, so all of them are
 
+    def count(self, p: Prediction) -> bool:
+        """Count one prediction; whether it gets a row (a Kaggle submission wants a level
+        for every row, so its failures are only printed)."""
+        if p.grade is None:
+            self.failed.append(p)
+            return not self.kaggle
+        self.graded += 1
+        self.grades[p.grade] += 1
+        if p.warning:
+            self.warned.append(p)
+        return True
+
     def __str__(self) -> str:
         counts = ", ".join(f"{g} {GRADE_NAMES[g]}: {self.grades[g]}" for g in range(NUM_GRADES))
         lines = [f"graded {self.graded}, failed {len(self.failed)} ({counts})"]
@@ -242,15 +254,8 @@ def predict(grader: GraderBase, paths: Sequence[Path | str], out: Path | str,
         for batch in iter_batches(grader, images, batch_size, tta, workers):
             maps = heat_map_writer.write(batch) if heat_map_writer else {}
             for k, p in enumerate(batch.predictions):
-                if p.grade is None:
-                    summary.failed.append(p)
-                    if kaggle:
-                        continue  # Kaggle wants a level for every row; failures are printed
-                else:
-                    summary.graded += 1
-                    summary.grades[p.grade] += 1
-                    if p.warning:
-                        summary.warned.append(p)
+                if not summary.count(p):
+                    continue
                 heat_map = maps.get(k, "") if heat_map_writer else None
                 writer.writerow(csv_row(p, grader.is_regression, kaggle, heat_map))
             handle.flush()
