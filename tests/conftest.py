@@ -1,6 +1,7 @@
 """Shared fixtures: the real data in ../shared/data, which CI must have."""
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,15 @@ def shared_data() -> Path:
             pytest.fail(f"{reason}, and CI must run the real-data tests")
         pytest.skip(reason)
     return SHARED_DATA
+
+
+@pytest.fixture(scope="module")
+def module_tmp(request, tmp_path_factory) -> Path:
+    """A folder for the runs one module shares, removed when the module ends: a training run
+    leaves about 300 MB of checkpoints, which would otherwise stay to the end of the session."""
+    path = tmp_path_factory.mktemp(request.module.__name__.rpartition(".")[2])
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -58,8 +58,8 @@ def settings(data, out, **more) -> dict:
 
 
 @pytest.fixture(scope="module")
-def binocular_run(prepared, tmp_path_factory) -> Path:
-    return train(load_config(None, settings(prepared, tmp_path_factory.mktemp("runs") / "both",
+def binocular_run(prepared, module_tmp) -> Path:
+    return train(load_config(None, settings(prepared, module_tmp / "both",
                                             eyes="both")), progress=False)
 
 

@@ -46,9 +46,9 @@ def npz(shared_data) -> Path:
 
 
 @pytest.fixture(scope="module")
-def searched(npz, tmp_path_factory) -> tuple[Path, Path]:
+def searched(npz, module_tmp) -> tuple[Path, Path]:
     """A real 3-trial search (its file and folder), run once for this module."""
-    tmp = tmp_path_factory.mktemp("search")
+    tmp = module_tmp
     path = _search_file(tmp)
     assert _search(path, tmp / "out", 3, npz) == 0
     return path, tmp / "out"

@@ -54,9 +54,9 @@ def _experiment(tmp_path: Path, sizes: list[int], seeds: list[int]) -> Path:
 
 
 @pytest.fixture(scope="module")
-def grid_run(shared_data, tmp_path_factory) -> Path:
+def grid_run(shared_data, module_tmp) -> Path:
     """A real 2-size x 2-seed grid, a few steps a cell, trained once for this module."""
-    tmp = tmp_path_factory.mktemp("grid")
+    tmp = module_tmp
     out = tmp / "runs"
     npz = str(shared_data / "retinamnist/retinamnist.npz")
     assert main(["experiment", str(_experiment(tmp, [28, 32], [0, 1])), "--out", str(out),
