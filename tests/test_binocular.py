@@ -22,6 +22,7 @@ from drgrade.errors import DrgradeError
 from drgrade.evaluation.evaluate import evaluate
 from drgrade.evaluation.report_data import comparison_pairs
 from drgrade.fit import train
+from drgrade.inference.explain import FellowsHeld
 from drgrade.inference.export import TOLERANCE, export_onnx
 from drgrade.inference.onnx_grader import OnnxGrader
 from drgrade.inference.predict import predict
@@ -125,14 +126,19 @@ def test_binocular_run_trains_and_its_card_says_so(binocular_run):
     assert "eyes: both" in (binocular_run / "config.yaml").read_text()
 
 
-def test_predict_pairs_fellow_eyes_and_falls_back_alone(binocular_run, photos, tmp_path):
-    folder = tmp_path / "photos"
+def _pair_and_single(photos: Path, folder: Path) -> Path:
+    """Patient 1's two eyes and patient 7's left eye alone."""
     folder.mkdir()
     left = sorted((photos / "train").glob("*_left.jpeg"))
     for eye in ("left", "right"):
         shutil.copy(left[0].with_name(left[0].name.replace("left", eye)),
                     folder / f"1_{eye}.jpeg")
     shutil.copy(left[1], folder / "7_left.jpeg")
+    return folder
+
+
+def test_predict_pairs_fellow_eyes_and_falls_back_alone(binocular_run, photos, tmp_path):
+    folder = _pair_and_single(photos, tmp_path / "photos")
     grader = TorchGrader.from_checkpoint(binocular_run, device="cpu")
     rows = {}
     for batch_size in (1, 3):  # a fellow in another batch is loaded with this one
@@ -146,6 +152,24 @@ def test_predict_pairs_fellow_eyes_and_falls_back_alone(binocular_run, photos, t
     for name, row in found.items():
         assert np.allclose([float(row[f"p{g}"]) for g in range(5)],
                            [float(rows[3][name][f"p{g}"]) for g in range(5)], atol=1e-5)
+
+
+def test_heat_maps_explain_each_eye_as_graded_with_its_fellow(binocular_run, photos, tmp_path):
+    grader = TorchGrader.from_checkpoint(binocular_run, device="cpu")
+    rng = np.random.default_rng(0)
+    images, fellows = (grader.tensor(rng.standard_normal((3, 3, SIZE, SIZE)).astype(np.float32))
+                       for _ in range(2))
+    # What Grad-CAM differentiates is the graded output: these fellows, not the image itself.
+    with torch.no_grad():
+        held = FellowsHeld(grader.network, fellows)(images)
+        assert torch.allclose(held, grader.network(images, fellows), atol=1e-5)
+        assert not torch.allclose(held, grader.network(images), atol=1e-4)
+    folder = _pair_and_single(photos, tmp_path / "photos")
+    out = tmp_path / "explained.csv"
+    predict(grader, [folder], out, explain=tmp_path / "maps", progress=False)
+    with out.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 3 and all(Path(r["heat_map"]).is_file() for r in rows)
 
 
 def test_evaluate_a_binocular_run(binocular_run):

@@ -58,22 +58,27 @@ class GradingNetwork(nn.Module):
         if not self.binocular:
             if fellows is not None:
                 raise ValueError("fellow eyes given to a single-eye network")
-            out = self._backbone(images)
+            out = self.features(images)
+            return out.squeeze(1) if self.is_regression else out
+        if fellows is None:
+            own = fellow = self.features(images)
         else:
-            if fellows is None:
-                own = fellow = self._backbone(images)
-            else:
-                # One backbone pass over both: fewer calls, and batch norm sees both eyes.
-                # Sliced, not chunked: chunk(2) would fix the exported batch axis at 2.
-                features = self._backbone(torch.cat([images, fellows]))
-                own, fellow = features[:images.shape[0]], features[images.shape[0]:]
-            out = self.pair_head(torch.cat([own, fellow], dim=1))
-        return out.squeeze(1) if self.is_regression else out
+            # One backbone pass over both: fewer calls, and batch norm sees both eyes.
+            # Sliced, not chunked: chunk(2) would fix the exported batch axis at 2.
+            features = self.features(torch.cat([images, fellows]))
+            own, fellow = features[:images.shape[0]], features[images.shape[0]:]
+        return self.pair_outputs(own, fellow)
 
-    def _backbone(self, images: torch.Tensor) -> torch.Tensor:
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """The backbone's output: pooled features (binocular) or the outputs themselves."""
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         return self.model(images)
+
+    def pair_outputs(self, own: torch.Tensor, fellow: torch.Tensor) -> torch.Tensor:
+        """A binocular network's raw outputs from each eye's and its fellow's features."""
+        out = self.pair_head(torch.cat([own, fellow], dim=1))
+        return out.squeeze(1) if self.is_regression else out
 
     def probabilities(self, outputs: torch.Tensor) -> torch.Tensor:
         """Per-grade probabilities (classification) or the score itself (regression)."""

@@ -28,6 +28,7 @@ from drgrade.errors import DrgradeError
 from drgrade.grades import GRADE_NAMES
 from drgrade.inference.grader import HEAT_MAP_METHODS, Batch, GraderBase, Prediction
 from drgrade.inference.torch_grader import TorchGrader
+from drgrade.network import GradingNetwork
 
 # The grad-cam class of each of HEAT_MAP_METHODS.
 CAM_METHODS = dict(zip(HEAT_MAP_METHODS, (GradCAM, GradCAMPlusPlus), strict=True))
@@ -116,15 +117,38 @@ class ScoreTarget:
         return output
 
 
+class FellowsHeld(nn.Module):
+    """A binocular network with its fellow eyes' features held fixed, as Grad-CAM needs it:
+    one input, and the backbone's target layer run on the explained images alone (a forward
+    with the fellows would run it on both eyes in one batch)."""
+
+    def __init__(self, network: GradingNetwork, fellows: torch.Tensor):
+        super().__init__()
+        self.network = network
+        with torch.no_grad():
+            self.fellow_features = network.features(fellows)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.network.pair_outputs(self.network.features(images), self.fellow_features)
+
+
 def heat_maps(grader: TorchGrader, inputs: np.ndarray, grades: Sequence[int],
-              method: str = "gradcam", layer: nn.Module | None = None) -> np.ndarray:
-    """(N, H, W) maps in [0, 1] of the evidence for `grades` (the score, for regression)."""
+              method: str = "gradcam", layer: nn.Module | None = None,
+              fellows: np.ndarray | None = None) -> np.ndarray:
+    """(N, H, W) maps in [0, 1] of the evidence for `grades` (the score, for regression).
+
+    A binocular model's map is of the evidence in each image with its fellow eye (`fellows`;
+    None: the image itself, as it was graded) held fixed.
+    """
     layer = layer or target_layer(grader.network.model, grader.card.image_size)
     targets = ([ScoreTarget() for _ in grades] if grader.is_regression
                else [ClassifierOutputTarget(g) for g in grades])
     reshape = reshape_transform(grader.network.model)
+    network = grader.network
+    if grader.card.binocular:
+        network = FellowsHeld(network, grader.tensor(inputs if fellows is None else fellows))
     with (torch.enable_grad(),
-          cam_method(method)(grader.network, [layer], reshape_transform=reshape) as cam):
+          cam_method(method)(network, [layer], reshape_transform=reshape) as cam):
         maps = cam(input_tensor=grader.tensor(inputs), targets=targets)
     grader.network.zero_grad(set_to_none=True)  # the parameter gradients were only a means
     return maps
@@ -165,9 +189,10 @@ def render(photo: np.ndarray, heat_map: np.ndarray, text: str) -> Image.Image:
 
 
 def heat_map_sheets(grader: TorchGrader, inputs: np.ndarray, predictions: Sequence[Prediction],
-                    method: str = "gradcam", layer: nn.Module | None = None) -> list[Image.Image]:
+                    method: str = "gradcam", layer: nn.Module | None = None,
+                    fellows: np.ndarray | None = None) -> list[Image.Image]:
     """One sheet per graded input: the photograph beside its heat map, under a caption."""
-    maps = heat_maps(grader, inputs, [p.grade for p in predictions], method, layer)
+    maps = heat_maps(grader, inputs, [p.grade for p in predictions], method, layer, fellows)
     photos = network_view(grader, inputs)
     return [render(photo, heat_map, caption(prediction, method))
             for prediction, photo, heat_map in zip(predictions, photos, maps, strict=True)]
@@ -200,7 +225,8 @@ class HeatMapWriter:
         if batch.inputs is None:
             return {}
         graded = [batch.predictions[k] for k in batch.graded]
-        sheets = heat_map_sheets(self.grader, batch.inputs, graded, self.method, self.layer)
+        sheets = heat_map_sheets(self.grader, batch.inputs, graded, self.method, self.layer,
+                                 batch.fellows)
         written = {}
         for k, prediction, sheet in zip(batch.graded, graded, sheets, strict=True):
             target = self._target(prediction.image)

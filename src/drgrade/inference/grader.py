@@ -57,6 +57,7 @@ class Batch:
     predictions: list[Prediction]
     inputs: np.ndarray | None = None
     graded: list[int] = field(default_factory=list)  # positions in `predictions` with inputs
+    fellows: np.ndarray | None = None  # binocular models: the fellow eye of each input
 
 
 class GraderBase:

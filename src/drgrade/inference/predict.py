@@ -131,7 +131,7 @@ def iter_batches(grader: GraderBase, images: list[Path], batch_size: int = 16,
             if partners is not None:
                 result.fellow = str(partners[j])
             predictions[k] = result
-        yield Batch(predictions, inputs, graded)
+        yield Batch(predictions, inputs, graded, fellow_inputs)
 
 
 def _partner(path: Path, fellows: dict[Path, Path], loaded: dict[Path, Loaded]) -> Path:
