@@ -17,6 +17,7 @@ from drgrade.atomic import atomic_write  # noqa: E402
 from drgrade.grades import GRADE_NAMES, REFERABLE_GRADE  # noqa: E402
 
 TICKS = [f"{g}\n{name}" for g, name in enumerate(GRADE_NAMES)]
+POINT_MARKERS = "os^D"  # one per operating point marked on the ROC
 
 
 def save_figure(figure, path: Path) -> Path:
@@ -25,7 +26,8 @@ def save_figure(figure, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.tight_layout()
     with atomic_write(path, "wb") as handle:
-        figure.savefig(handle, format="png", dpi=120)
+        # bbox_inches="tight": a legend placed outside the axes is kept, not cut off.
+        figure.savefig(handle, format="png", dpi=120, bbox_inches="tight")
     plt.close(figure)
     return path
 
@@ -70,14 +72,18 @@ def plot_referable_roc(grades: np.ndarray, score: np.ndarray, path: Path, title:
 
     `points` marks operating points: label -> (sensitivity, specificity).
     """
-    figure, axis = plt.subplots(figsize=(5, 5))
+    points = points or {}
+    if len(points) > len(POINT_MARKERS):
+        raise ValueError(f"at most {len(POINT_MARKERS)} operating points, got {len(points)}")
+    figure, axis = plt.subplots(figsize=(5.5, 6.5))
     RocCurveDisplay.from_predictions(np.asarray(grades) >= REFERABLE_GRADE, score, ax=axis,
                                      name="referable DR", plot_chance_level=True)
-    for (label, (sensitivity, specificity)), marker in zip((points or {}).items(), "os",
+    for (label, (sensitivity, specificity)), marker in zip(points.items(), POINT_MARKERS,
                                                            strict=False):
         axis.plot(1 - specificity, sensitivity, marker, markersize=8, fillstyle="none",
                   label=f"{label}: sens. {sensitivity:.2f}, spec. {specificity:.2f}")
-    axis.legend(loc="lower right")
+    # Below the axes: inside, the entries hid the curve's low false-positive end.
+    axis.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), frameon=False)
     # Screening reads sensitivity and specificity, not sklearn's TPR/FPR wording.
     axis.set(title=title or "referable DR (grade >= 2) ROC",
              xlabel="1 - specificity (false positive rate)",
