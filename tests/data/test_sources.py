@@ -1,13 +1,19 @@
 """Readers: the real label files as they ship, and every layout built small in tmp_path."""
 
 import csv
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from drgrade.data.manifest import COLUMNS, patients_in_several_splits, split_counts
+from drgrade.data.manifest import (
+    COLUMNS,
+    assign_splits,
+    patients_in_several_splits,
+    split_counts,
+)
 from drgrade.data.photographs import load_photograph
 from drgrade.data.sources import detect_layout, read_source
 from drgrade.errors import DrgradeError
@@ -149,7 +155,48 @@ def test_messidor2_adjudicated_grades(tmp_path):
     assert table.loc["IM002385", "macular_edema"] == "1"
     assert manifest.n_found == 2
     assert manifest.warnings[0] == "left out as ungradable (adjudicated_gradable 0): 1"
-    assert "names no patients" in manifest.warnings[1] and len(manifest.warnings) == 2
+    assert f"no messidor-2.csv (ADCIS's list of examinations) in {tmp_path}" in \
+        manifest.warnings[1] and len(manifest.warnings) == 2
+
+
+def _messidor2(root, grades: dict[str, int], exams: str):
+    """Messidor-2 as ADCIS and Kaggle ship it: IMAGES/, messidor_data.csv, messidor-2.csv."""
+    (root / "messidor_data.csv").write_text(
+        "image_id,adjudicated_dr_grade,adjudicated_dme,adjudicated_gradable\n"
+        + "".join(f"{name},{grade},0,1\n" for name, grade in grades.items()))
+    for name in grades:
+        _image(root / "IMAGES" / name)
+    (root / "messidor-2.csv").write_text(exams)
+    return root
+
+
+def test_messidor2_examinations_pair_the_eyes_and_keep_them_in_one_split(tmp_path):
+    names = [f"IM{k:06d}.jpg" for k in range(12)]
+    exams = "left ; right\n" + "".join(f"{names[k]} ; {names[k + 1]}\n" for k in range(0, 10, 2))
+    source = _messidor2(tmp_path, {name: k % 5 for k, name in enumerate(names)}, exams)
+    manifest = read_source(source)
+    table = manifest.table.set_index("image_id")
+    assert table.loc["IM000000", ["patient", "eye"]].tolist() == ["IM000000", "left"]
+    assert table.loc["IM000001", ["patient", "eye"]].tolist() == ["IM000000", "right"]
+    # The last two are in no examination: each its own patient, and said so.
+    assert table.loc["IM000011", ["patient", "eye"]].tolist() == ["IM000011", ""]
+    assert manifest.warnings == [
+        "graded images that messidor-2.csv does not list, each its own patient: 2"]
+    splits = assign_splits(manifest.table, val_fraction=0.3, test_fraction=0.3, seed=0)
+    assert patients_in_several_splits(splits) == 0
+    assert set(splits["split"]) == {"train", "val", "test"}
+
+
+@pytest.mark.parametrize("exams, reason", [
+    ("left;right\nIM000000.jpg;\n", "messidor-2.csv:2: no right image named"),
+    ("left;right\nIM000000.jpg;IM000001.jpg\nIM000001.jpg;IM000002.jpg\n",
+     "messidor-2.csv:3: IM000001.jpg is listed again (first at line 2)"),
+    ("image;other\n", "messidor-2.csv:1: missing column(s) left, right"),
+])
+def test_messidor2_bad_examination_lists_name_file_and_line(tmp_path, exams, reason):
+    source = _messidor2(tmp_path, {"IM000000.jpg": 0, "IM000001.jpg": 1}, exams)
+    with pytest.raises(DrgradeError, match=re.escape(reason)):
+        read_source(source)
 
 
 def test_class_folders_with_and_without_splits(tmp_path):

@@ -67,7 +67,8 @@ MANUAL = {
     "messidor2": (
         "Messidor-2 (1,748 photographs) comes in two parts: the images from ADCIS after "
         "accepting its licence (https://www.adcis.net/en/third-party/messidor2/), unpacked "
-        "into {out}/messidor2/IMAGES, and the adjudicated grades (Krause et al. 2018) as "
+        "into {out}/messidor2/IMAGES with its messidor-2.csv (the examinations, which pair "
+        "the eyes) in {out}/messidor2, and the adjudicated grades (Krause et al. 2018) as "
         "messidor_data.csv from `kaggle datasets download -d google-brain/messidor2-dr-grades "
         "-p {out}/messidor2`; then `drgrade prepare {out}/messidor2 --format messidor2 --out "
         "{out}/messidor2-512 --size 512`."

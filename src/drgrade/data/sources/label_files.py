@@ -36,7 +36,7 @@ def read_text(path: Path) -> str:
 
 
 def read_csv_rows(
-    path: Path, required: dict[str, str], extras: bool = False
+    path: Path, required: dict[str, str], extras: bool = False, delimiter: str = ","
 ) -> tuple[list[dict], list[tuple[str, int]]]:
     """Rows of a headed CSV as {our name: value}, with their (file, 1-based line).
 
@@ -47,7 +47,7 @@ def read_csv_rows(
     """
     if not path.is_file():
         raise DrgradeError(f"{path}: label file not found")
-    reader = csv.reader(io.StringIO(read_text(path), newline=""))
+    reader = csv.reader(io.StringIO(read_text(path), newline=""), delimiter=delimiter)
     try:
         header = [h.strip() for h in next(reader, [])]
         absent = [theirs for theirs in required.values() if theirs not in header]
