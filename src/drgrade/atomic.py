@@ -1,9 +1,10 @@
 """Files that appear under their final name complete, or not at all.
 
-Everything drgrade writes for a user (manifests, predictions, checkpoints, ONNX models,
-downloads) goes through `atomic_write`: a temporary file in the target's own folder (so the
-final step is a rename, never a cross-filesystem copy), flushed to disk, then `os.replace`d
-over the target. A kill or a full disk leaves the previous file, or none, never half a one.
+Everything drgrade writes for a user (manifests, predictions, checkpoints, ONNX models)
+goes through `atomic_write`: a temporary file in the target's own folder (so the final step
+is a rename, never a cross-filesystem copy), flushed to disk, then `os.replace`d over the
+target. A kill or a full disk leaves the previous file, or none, never half a one. Downloads
+keep their unfinished bytes under a name of their own instead, to resume (data/download.py).
 """
 
 from __future__ import annotations

@@ -2,7 +2,9 @@
 
 import errno
 import http.client
+import http.server
 import io
+import threading
 import urllib.request
 
 import pytest
@@ -96,21 +98,89 @@ class BrokenResponse(io.BytesIO):
 
 @pytest.mark.parametrize("error", [ConnectionResetError(104, "Connection reset by peer"),
                                    http.client.IncompleteRead(b"x" * 10, 90)])
-def test_a_connection_lost_half_way_leaves_nothing(tmp_path, monkeypatch, error):
+def test_a_connection_lost_half_way_keeps_only_the_part(tmp_path, monkeypatch, error):
     monkeypatch.setattr(urllib.request, "urlopen", lambda *a, **k: BrokenResponse(error))
     remote = dl.Remote("https://example.org/retinamnist.npz", dl.RETINAMNIST[28].md5)
-    with pytest.raises(DrgradeError, match="cannot download https://example.org/retinamnist.npz"):
+    with pytest.raises(DrgradeError, match="cannot download https://example.org/retinamnist.npz"
+                                           ".*kept in .*retinamnist.npz.part: run this again "
+                                           "to resume"):
         dl.fetch(remote, tmp_path, progress=False)
-    assert list(tmp_path.iterdir()) == []
+    assert [p.name for p in tmp_path.iterdir()] == ["retinamnist.npz.part"]
+    assert (tmp_path / "retinamnist.npz.part").read_bytes() == b"x" * 10
 
 
-def test_a_full_disk_is_a_clear_error_and_leaves_nothing(local_npz, tmp_path, monkeypatch):
+def test_a_full_disk_is_a_clear_error_and_nothing_has_the_final_name(local_npz, tmp_path,
+                                                                     monkeypatch):
     def full(fd: int) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(atomic.os, "fsync", full)
     remote = dl.Remote(local_npz.as_uri(), dl.RETINAMNIST[28].md5)
     with pytest.raises(DrgradeError, match=r"cannot write .*retinamnist.npz: No space left on "
-                                           r"device \(\d+ MB free in"):
+                                           r"device \(\d+ MB free in .*\); the bytes so far are "
+                                           r"kept in .*retinamnist.npz.part"):
         dl.fetch(remote, tmp_path, progress=False)
+    assert not (tmp_path / "retinamnist.npz").exists()
+
+
+@pytest.fixture
+def range_server(local_npz):
+    """A loopback HTTP server of the RetinaMNIST file that honours Range requests (or not,
+    with `.ranges = False`); `.asked` lists each request's Range header."""
+    data = local_npz.read_bytes()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            asked = self.headers.get("Range")
+            server.asked.append(asked)
+            start = int(asked.removeprefix("bytes=").rstrip("-")) if asked else 0
+            if asked and server.ranges and start >= len(data):
+                self.send_response(416)
+                self.end_headers()
+                return
+            body = data[start:] if asked and server.ranges else data
+            self.send_response(206 if asked and server.ranges else 200)
+            if asked and server.ranges:
+                self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.asked, server.ranges, server.data = [], True, data
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    server.remote = dl.Remote(f"http://127.0.0.1:{server.server_port}/retinamnist.npz",
+                              dl.RETINAMNIST[28].md5)
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize("ranges", [True, False])
+def test_a_rerun_resumes_an_interrupted_download(range_server, tmp_path, ranges):
+    range_server.ranges = ranges
+    done = len(range_server.data) // 3
+    (tmp_path / "retinamnist.npz.part").write_bytes(range_server.data[:done])
+    path = dl.fetch(range_server.remote, tmp_path, progress=False)
+    assert range_server.asked == [f"bytes={done}-"]
+    # Resumed, or started over where the server sends only whole files: the same file.
+    assert path.read_bytes() == range_server.data
+    assert [p.name for p in tmp_path.iterdir()] == ["retinamnist.npz"]
+
+
+def test_a_whole_part_left_by_a_kill_before_the_rename_is_verified(range_server, tmp_path):
+    (tmp_path / "retinamnist.npz.part").write_bytes(range_server.data)
+    path = dl.fetch(range_server.remote, tmp_path, progress=False)  # the server answers 416
+    assert path.read_bytes() == range_server.data
+    assert [p.name for p in tmp_path.iterdir()] == ["retinamnist.npz"]
+
+
+def test_a_resumed_download_with_a_wrong_checksum_is_deleted(range_server, tmp_path):
+    (tmp_path / "retinamnist.npz.part").write_bytes(b"not the start of the file")
+    with pytest.raises(DrgradeError, match="is not the published .*the download was deleted"):
+        dl.fetch(range_server.remote, tmp_path, progress=False)
     assert list(tmp_path.iterdir()) == []

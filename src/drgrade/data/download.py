@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import os
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,11 +18,14 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from drgrade.atomic import atomic_write, write_error
+from drgrade.atomic import write_error
 from drgrade.errors import DrgradeError
 
 TIMEOUT_S = 30  # per connect/read: a firewalled machine fails in seconds, not minutes
 CHUNK = 1 << 20
+RESUME_SUFFIX = ".part"  # out/<name>.part: the bytes of an unfinished download
+PARTIAL_CONTENT = 206  # the server sent the range asked for
+RANGE_NOT_SATISFIABLE = 416  # nothing lies after the bytes we have
 
 
 @dataclass(frozen=True)
@@ -101,9 +106,12 @@ def download(dataset: str, out: Path | str, size: int = 28, progress: bool = Tru
 
 
 def fetch(remote: Remote, out: Path, progress: bool = True) -> Path:
-    """`remote` saved as out/<name> once its MD5 matches; nothing half-written is left.
+    """`remote` saved as out/<name> once its MD5 matches; never half a file under that name.
 
-    A file already at out/<name> is verified, never overwritten.
+    Bytes arrive in out/<name>.part, which an interrupted download (a kill, a lost
+    connection, a full disk) leaves behind: the next call asks the server for the rest
+    (an HTTP Range request) and starts over only if the server will not send a part. A
+    file already at out/<name> is verified, never overwritten.
     """
     target = out / remote.name
     if target.is_file():
@@ -117,42 +125,82 @@ def fetch(remote: Remote, out: Path, progress: bool = True) -> Path:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise write_error(target, error) from None
+    part = target.with_name(target.name + RESUME_SUFFIX)
+    have = part.stat().st_size if part.is_file() else 0
+    headers = {"Range": f"bytes={have}-"} if have else {}
     try:
-        response = urllib.request.urlopen(remote.url, timeout=TIMEOUT_S)
+        response = urllib.request.urlopen(urllib.request.Request(remote.url, headers=headers),
+                                          timeout=TIMEOUT_S)
+    except urllib.error.HTTPError as error:
+        if error.code != RANGE_NOT_SATISFIABLE or not have:
+            raise _unreachable(remote, target, error) from None
+        response = None  # nothing after the bytes we have: the part may be the whole file
     except OSError as error:  # urllib's URLError, or a socket timeout
-        raise _unreachable(remote, target, error) from None
+        raise _unreachable(remote, target, error, part if have else None) from None
+    if response is None:
+        _finish(remote, target, part, md5_of(part))
+        return target
+    resumed = have > 0 and _continues_at(response, have)
     digest = hashlib.md5(usedforsecurity=False)
-    # atomic_write: a kill, a broken connection or a wrong MD5 leaves no file at `target`.
-    with response, atomic_write(target, "wb") as file, \
-            tqdm(total=_length(response), unit="B", unit_scale=True, desc=remote.name,
-                 disable=not progress) as bar:
-        for chunk in _chunks(response, remote, target):
-            file.write(chunk)
-            digest.update(chunk)
-            bar.update(len(chunk))
-        if digest.hexdigest() != remote.md5:
-            raise DrgradeError(f"{remote.url}: MD5 {digest.hexdigest()} is not the published "
-                               f"{remote.md5}; the download was deleted (try again)")
+    if resumed:
+        with part.open("rb") as earlier:
+            digest = hashlib.file_digest(earlier, lambda: hashlib.md5(usedforsecurity=False))
+    total = _length(response)
+    with response, tqdm(total=None if total is None else total + (have if resumed else 0),
+                        initial=have if resumed else 0, unit="B", unit_scale=True,
+                        desc=remote.name, disable=not progress) as bar:
+        try:
+            with part.open("ab" if resumed else "wb") as file:
+                for chunk in _chunks(response, remote, target, part):
+                    file.write(chunk)
+                    digest.update(chunk)
+                    bar.update(len(chunk))
+                file.flush()
+                os.fsync(file.fileno())
+        except OSError as error:
+            raise DrgradeError(f"{write_error(target, error)}; the bytes so far are kept in "
+                               f"{part}: run this again to resume") from None
+    _finish(remote, target, part, digest.hexdigest())
     return target
 
 
-def _chunks(response, remote: Remote, target: Path) -> Iterator[bytes]:
+def _continues_at(response, offset: int) -> bool:
+    """Whether the server sent the file from `offset` on (206 with that range), not all of it."""
+    if getattr(response, "status", None) != PARTIAL_CONTENT:
+        return False
+    content_range = response.headers.get("Content-Range", "")
+    return content_range.startswith(f"bytes {offset}-")
+
+
+def _finish(remote: Remote, target: Path, part: Path, md5: str) -> None:
+    """The complete part becomes `target` if its MD5 is the published one; else it goes."""
+    if md5 != remote.md5:
+        part.unlink(missing_ok=True)
+        raise DrgradeError(f"{remote.url}: MD5 {md5} is not the published {remote.md5}; "
+                           "the download was deleted (try again)")
+    os.replace(part, target)
+
+
+def _chunks(response, remote: Remote, target: Path, part: Path) -> Iterator[bytes]:
     """The response body, CHUNK bytes at a time; a connection lost half-way is reported."""
     while True:
         try:
             chunk = response.read(CHUNK)
         except (OSError, http.client.HTTPException) as error:
-            # Raised as a DrgradeError here, or atomic_write would call it a write failure.
-            raise _unreachable(remote, target, error) from None
+            # A DrgradeError here, or the caller would call it a write failure.
+            raise _unreachable(remote, target, error, part) from None
         if not chunk:
             return
         yield chunk
 
 
-def _unreachable(remote: Remote, target: Path, error: Exception) -> DrgradeError:
+def _unreachable(remote: Remote, target: Path, error: Exception,
+                 part: Path | None = None) -> DrgradeError:
     reason = getattr(error, "reason", error)
+    kept = (f" The bytes so far are kept in {part}: run this again to resume."
+            if part is not None and part.is_file() else "")
     return DrgradeError(
-        f"cannot download {remote.url}: {reason}. Offline? Fetch it on a connected "
+        f"cannot download {remote.url}: {reason}.{kept} Offline? Fetch it on a connected "
         f"machine, put it at {target} and run this again to verify it."
     )
 
