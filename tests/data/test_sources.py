@@ -100,6 +100,14 @@ def test_aptos_layout(tmp_path):
     assert manifest.layout == "aptos"
     assert manifest.table["grade"].tolist() == [2, 0]
     assert manifest.n_found == 2 and not manifest.warnings
+    # As Kaggle ships it: test.csv names test_images/ without grades.
+    (tmp_path / "test.csv").write_text("id_code\nghi\n")
+    _image(tmp_path / "test_images/ghi.png")
+    manifest = read_source(tmp_path)
+    assert manifest.table["image_id"].tolist() == ["abc", "def"]
+    assert manifest.warnings == [f"1 image(s) in {tmp_path / 'test_images'} left out: Kaggle "
+                                 "never published their grades (grade them with `drgrade "
+                                 "predict`)"]
 
 
 def _ddr(root: Path, listed: dict[str, str]) -> Path:
