@@ -295,3 +295,27 @@ def test_unknown_format_and_missing_source(tmp_path):
         read_source(tmp_path, "kaggle")
     with pytest.raises(DrgradeError, match="no such file or folder"):
         read_source(tmp_path / "nope")
+
+
+def test_images_a_folder_deeper_are_pointed_out(tmp_path):
+    # Kaggle's resized EyePACS unzips into resized_train/resized_train/.
+    (tmp_path / "trainLabels.csv").write_text("image,level\n10_left,0\n10_right,1\n13_left,2\n")
+    nested = tmp_path / "resized_train" / "resized_train"
+    for name in ("10_left", "10_right"):
+        _image(nested / f"{name}.jpeg")
+    manifest = read_source(tmp_path)
+    assert manifest.n_found == 0
+    assert manifest.elsewhere == (f"2 of the missing images are in {nested}: give --images "
+                                  f"{nested}")
+    with pytest.raises(DrgradeError) as caught:
+        manifest.require_images()
+    assert str(caught.value).endswith(f"give --images {nested}")
+    assert "3 of 3 listed images are missing" in str(caught.value)
+    following = read_source(tmp_path, images=nested)
+    assert following.n_found == 2 and not following.elsewhere  # 13_left is nowhere
+
+
+def test_no_folder_is_pointed_out_when_the_images_are_nowhere(tmp_path):
+    (tmp_path / "trainLabels.csv").write_text("image,level\n10_left,0\n")
+    _image(tmp_path / "other" / "99_left.jpeg")
+    assert read_source(tmp_path).elsewhere == ""

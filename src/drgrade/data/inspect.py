@@ -33,7 +33,8 @@ def describe(manifest: Manifest) -> str:
     if len(counts.index) > 1:
         overlap = patients_in_several_splits(table)
         lines += ["", f"patients with images in more than one split: {overlap:,}"]
-    problems = [*manifest.warnings, *(f"missing: {p}" for p in manifest.missing[:MISSING_SHOWN])]
+    problems = [*manifest.warnings, *([manifest.elsewhere] if manifest.elsewhere else []),
+                *(f"missing: {p}" for p in manifest.missing[:MISSING_SHOWN])]
     if len(manifest.missing) > MISSING_SHOWN:
         problems.append(f"... and {len(manifest.missing) - MISSING_SHOWN:,} more missing")
     lines += ["", "problems: none" if not problems else "problems:"]

@@ -30,8 +30,9 @@ class Manifest:
     """Images of one dataset with their grades, read from one layout.
 
     `table` has the COLUMNS (plus extras a source has); `path` is empty for listed images
-    that were not found on disk, and those are listed in `missing`. `left_out` holds the
-    missing images `require_images` dropped, so that they are still reported.
+    that were not found on disk, and those are listed in `missing`; `elsewhere` says in
+    which other folders below the source they are, if any. `left_out` holds the missing
+    images `require_images` dropped, so that they are still reported.
     """
 
     table: pd.DataFrame
@@ -40,6 +41,7 @@ class Manifest:
     missing: list[Problem] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     left_out: list[Problem] = field(default_factory=list)
+    elsewhere: str = ""
 
     @property
     def n_found(self) -> int:
@@ -54,10 +56,10 @@ class Manifest:
         if not self.missing:
             return self
         if not allow_missing:
-            raise problems_error(
+            error = problems_error(
                 f"{len(self.missing)} of {len(self.table)} listed images are missing ({fix})",
-                self.missing,
-            )
+                self.missing)
+            raise DrgradeError(f"{error}\n{self.elsewhere}") if self.elsewhere else error
         kept = self.table[self.table["path"] != ""].reset_index(drop=True)
         note = f"going on without {len(self.missing)} missing image(s); {len(kept)} remain"
         return Manifest(kept, self.layout, self.source, [], [*self.warnings, note],

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from drgrade.data.manifest import Manifest, duplicate_problems, make_table
 from drgrade.data.photographs import IMAGE_SUFFIXES
 from drgrade.errors import DrgradeError, Problem, problems_error
+
+ELSEWHERE_DEPTH = 3  # how deep below the source missing images are looked for
 
 
 def index_images(folder: Path) -> dict[str, Path]:
@@ -79,6 +82,8 @@ def attach_images(
         if not path
     ]
     manifest = Manifest(table, layout, source, missing)
+    if missing:
+        manifest.elsewhere = elsewhere_hint(source, images, [p.value for p in missing])
     unlisted = len(set(found) - set(table["image_id"]) - left_out)
     if unlisted:
         manifest.warnings.append(
@@ -89,3 +94,38 @@ def attach_images(
             f"images found: {manifest.n_found} of {len(table)} listed in {labels_name}"
         )
     return manifest
+
+
+def elsewhere_hint(source: Path, images: ImageIndex, missing_ids: list[str]) -> str:
+    """Where below `source` the missing images are, as the --images to give; "" if nowhere.
+
+    Unzipping often nests a folder in itself (resized_train/resized_train/): the images
+    are then one or two levels deeper than the layout says.
+    """
+    # Readers may prefix ids (IDRiD's "train/"); files carry the bare names.
+    prefixes = sorted(images.folders, key=len, reverse=True)
+    wanted = {next((i[len(p):] for p in prefixes if p and i.startswith(p)), i)
+              for i in missing_ids}
+    searched = {Path(f).resolve() for where in images.folders.values()
+                for f in where.split(" or ")}
+    holding = []
+    for folder, subfolders, files in os.walk(source):
+        depth = len(Path(folder).relative_to(source).parts)
+        if depth >= ELSEWHERE_DEPTH:
+            subfolders.clear()
+        subfolders.sort()
+        if Path(folder).resolve() in searched:
+            continue
+        count = sum(Path(f).stem in wanted for f in files
+                    if Path(f).suffix.lower() in IMAGE_SUFFIXES)
+        if count:
+            holding.append((count, folder))
+    if not holding:
+        return ""
+    holding.sort(key=lambda item: -item[0])
+    if len(holding) == 1:
+        count, folder = holding[0]
+        return f"{count:,} of the missing images are in {folder}: give --images {folder}"
+    found = ", ".join(f"{count:,} in {folder}" for count, folder in holding[:3])
+    return (f"the missing images are in other folders ({found}): give the one to read as "
+            "--images")
