@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pandas as pd
+import pytest
 
 from drgrade.cli import main
 
@@ -44,3 +45,14 @@ def test_train_says_which_epoch_it_chose_and_what_to_run_next(shared_data, tmp_p
     assert (f"best validation kappa {log['val_kappa'][best]:.3f}, at epoch "
             f"{log['epoch'][best] + 1} of 2 (checkpoints/best.ckpt)") in out
     assert f"`drgrade evaluate {run}`" in out
+
+
+def test_search_help_states_the_default_number_of_trials(capsys):
+    from drgrade.search import DEFAULT_TRIALS
+
+    # The CLI imports search lazily, so its help repeats the number: it must stay the same.
+    with pytest.raises(SystemExit) as ended:
+        main(["search", "--help"])
+    assert ended.value.code == 0
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert f"(default: the file's `trials:`, else {DEFAULT_TRIALS})" in help_text
