@@ -20,6 +20,8 @@ from typing import IO
 from drgrade.errors import DrgradeError
 
 PARTIAL_SUFFIX = ".partial"
+# NAME.part: the unfinished, resumable output of a download or a predict run.
+RESUME_SUFFIX = ".part"
 
 
 def partial_path(target: Path) -> Path:

@@ -6,7 +6,9 @@ import pytest
 
 from drgrade.cli import main
 from drgrade.errors import DrgradeError
+from drgrade.inference import predict as predict_module
 from drgrade.inference.predict import find_images, iter_batches, predict
+from drgrade.inference.resume import ResumablePredictions
 from drgrade.inference.torch_grader import TorchGrader
 
 COLUMNS = ["image", "grade", "grade_name", "p0", "p1", "p2", "p3", "p4", "referable", "error",
@@ -157,3 +159,61 @@ def test_outputs_that_cannot_be_written_are_one_line_errors(tiny_run, photograph
                  "--workers", "-1"]) == 2
     assert "--workers must be 0" in capsys.readouterr().err
     assert not (tmp_path / "p.csv").exists()
+
+
+def _stop_after(monkeypatch, batches: int) -> None:
+    """Make predict stop as a kill would, `batches` batches in: after saving its state, with
+    half a row written after it."""
+    save = ResumablePredictions.save
+    saved = []
+
+    def save_then_stop(self, handle, done, summary):
+        save(self, handle, done, summary)
+        saved.append(done)
+        if len(saved) == batches:
+            handle.write("half a ro")
+            handle.flush()
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(ResumablePredictions, "save", save_then_stop)
+
+
+def test_an_interrupted_predict_continues_where_it_stopped(grader, photographs, odd_folder,
+                                                          tmp_path, monkeypatch):
+    paths = [photographs, odd_folder]
+    whole = predict(grader, paths, tmp_path / "whole.csv", batch_size=8, progress=False)
+    out = tmp_path / "pred.csv"
+    with monkeypatch.context() as patch:
+        _stop_after(patch, 2)
+        with pytest.raises(KeyboardInterrupt):
+            predict(grader, paths, out, batch_size=8, progress=False)
+    assert not out.exists()
+    assert sorted(p.name for p in tmp_path.glob("pred.csv*")) == ["pred.csv.part",
+                                                                  "pred.csv.part.json"]
+    started = []
+    with monkeypatch.context() as patch:
+        def recorded(*args, start=0, **kwargs):
+            started.append(start)
+            return iter_batches(*args, start=start, **kwargs)
+
+        patch.setattr(predict_module, "iter_batches", recorded)
+        resumed = predict(grader, paths, out, batch_size=8, progress=False)
+    assert started == [16]  # only the photographs after the two saved batches
+    assert resumed.resumed == f"resumed {out}.part: 16 photograph(s) were graded before"
+    # The same rows and the same summary as the run that was never interrupted.
+    assert out.read_bytes() == (tmp_path / "whole.csv").read_bytes()
+    assert str(resumed).splitlines()[1:-1] == str(whole).splitlines()[:-1]
+    assert [p.name for p in tmp_path.glob("pred.csv*")] == ["pred.csv"]
+
+
+def test_a_rerun_with_other_photographs_starts_over(grader, photographs, odd_folder, tmp_path,
+                                                    monkeypatch):
+    out = tmp_path / "pred.csv"
+    with monkeypatch.context() as patch:
+        _stop_after(patch, 1)
+        with pytest.raises(KeyboardInterrupt):
+            predict(grader, [photographs, odd_folder], out, batch_size=8, progress=False)
+    summary = predict(grader, [photographs], out, batch_size=8, progress=False)
+    assert "that this run cannot continue" in summary.resumed
+    table = pd.read_csv(out, keep_default_na=False)
+    assert len(table) == summary.graded == 20 and not summary.failed

@@ -18,12 +18,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from drgrade.atomic import write_error
+from drgrade.atomic import RESUME_SUFFIX, write_error
 from drgrade.errors import DrgradeError
 
 TIMEOUT_S = 30  # per connect/read: a firewalled machine fails in seconds, not minutes
 CHUNK = 1 << 20
-RESUME_SUFFIX = ".part"  # out/<name>.part: the bytes of an unfinished download
 PARTIAL_CONTENT = 206  # the server sent the range asked for
 RANGE_NOT_SATISFIABLE = 416  # nothing lies after the bytes we have
 

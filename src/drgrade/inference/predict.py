@@ -4,7 +4,8 @@ Photographs are decoded and cropped (about 30 ms each at 512 px) in `--workers` 
 while the model grades the batch before: that takes decoding off the critical
 path when the model runs on a GPU. On a 2-core CPU the model dominates and workers neither
 help nor hurt (benchmarks/RESULTS.md). Unusable files become rows with the reason in
-`error`; the run goes on. Nothing here imports torch: an ONNX model grades without it.
+`error`; the run goes on. An interrupted run is continued by the next (resume.py).
+Nothing here imports torch: an ONNX model grades without it.
 """
 
 from __future__ import annotations
@@ -21,13 +22,14 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from drgrade.atomic import atomic_write, make_folder
+from drgrade.atomic import make_folder, write_error
 from drgrade.data.manifest import fellow_indices
 from drgrade.data.photographs import IMAGE_SUFFIXES
 from drgrade.data.sources import eyepacs_identity
 from drgrade.errors import DrgradeError
 from drgrade.grades import GRADE_NAMES, NUM_GRADES
 from drgrade.inference.grader import Batch, GraderBase, Prediction, failure_reason
+from drgrade.inference.resume import ResumablePredictions, run_key
 from drgrade.preprocessing import Preprocessor
 
 
@@ -98,14 +100,15 @@ def fellow_images(images: list[Path]) -> dict[Path, Path]:
 
 
 def iter_batches(grader: GraderBase, images: list[Path], batch_size: int = 16,
-                 tta: bool = False, workers: int = 0) -> Iterator[Batch]:
-    """Predictions batch by batch, in the order of `images`.
+                 tta: bool = False, workers: int = 0, start: int = 0) -> Iterator[Batch]:
+    """Predictions batch by batch, in the order of `images`, from `images[start]` on.
 
-    A binocular model grades each photograph with its fellow eye (`fellow_images`), loaded
-    with its batch wherever it falls; one without a usable fellow is its own.
+    A binocular model grades each photograph with its fellow eye (`fellow_images`, among
+    all of `images`), loaded with its batch wherever it falls; one without a usable fellow
+    is its own.
     """
     fellows = fellow_images(images) if grader.card.binocular else {}
-    batches = [images[i:i + batch_size] for i in range(0, len(images), batch_size)]
+    batches = [images[i:i + batch_size] for i in range(start, len(images), batch_size)]
     loads = [list(dict.fromkeys(batch + [fellows[p] for p in batch if p in fellows]))
              for batch in batches]
     for batch, load, items in zip(batches, loads, _loaded(grader.preprocessor, loads, workers),
@@ -152,6 +155,21 @@ class PredictSummary:
     heat_maps: Path | None = None
     kaggle: bool = False  # failures are then only printed, so all of them are
 
+    resumed: str = ""  # what became of an earlier unfinished run, if there was one
+
+    def state(self) -> dict:
+        """The counts so far, as JSON for a run that may be resumed."""
+        return {"graded": self.graded, "grades": dict(self.grades),
+                "failed": [[p.image, p.error] for p in self.failed],
+                "warned": [[p.image, p.warning] for p in self.warned]}
+
+    def restore(self, state: dict) -> None:
+        """Continue from `state()` of an interrupted run."""
+        self.graded = state["graded"]
+        self.grades = Counter({int(g): n for g, n in state["grades"].items()})
+        self.failed = [Prediction(image, error=error) for image, error in state["failed"]]
+        self.warned = [Prediction(image, warning=warning) for image, warning in state["warned"]]
+
     def count(self, p: Prediction) -> bool:
         """Count one prediction; whether it gets a row (a Kaggle submission wants a level
         for every row, so its failures are only printed)."""
@@ -166,7 +184,8 @@ class PredictSummary:
 
     def __str__(self) -> str:
         counts = ", ".join(f"{g} {GRADE_NAMES[g]}: {self.grades[g]}" for g in range(NUM_GRADES))
-        lines = [f"graded {self.graded}, failed {len(self.failed)} ({counts})"]
+        lines = [self.resumed] if self.resumed else []
+        lines.append(f"graded {self.graded}, failed {len(self.failed)} ({counts})")
         shown = self.failed if self.kaggle else self.failed[:10]
         lines += [f"  failed: {p.image}: {p.error}" for p in shown]
         if len(self.failed) > len(shown):
@@ -240,24 +259,41 @@ def predict(grader: GraderBase, paths: Sequence[Path | str], out: Path | str,
 
         heat_map_writer = HeatMapWriter(grader, Path(explain), explain_method)
     out = Path(out)
+    if out.is_dir():
+        raise DrgradeError(f"cannot write {out}: it is a folder; give a file name")
     make_folder(out.parent)
     summary = PredictSummary(out, heat_maps=Path(explain) if explain is not None else None,
                              kaggle=kaggle)
-    # disable=None: a progress bar on a terminal, none in a log file.
-    # Rows go to a temporary file as they come; only a finished run gets the real name.
-    with atomic_write(out, "w", newline="") as handle, tqdm(
-            total=len(images), desc="predict", unit="img",
-            disable=None if progress else True) as bar:
-        writer = csv.writer(handle)
-        writer.writerow(csv_header(grader.is_regression, kaggle, heat_map_writer is not None,
-                                   grader.card.binocular))
-        for batch in iter_batches(grader, images, batch_size, tta, workers):
-            maps = heat_map_writer.write(batch) if heat_map_writer else {}
-            for k, p in enumerate(batch.predictions):
-                if not summary.count(p):
-                    continue
-                heat_map = maps.get(k, "") if heat_map_writer else None
-                writer.writerow(csv_row(p, grader.is_regression, kaggle, heat_map))
-            handle.flush()
-            bar.update(len(batch.predictions))
+    header = csv_header(grader.is_regression, kaggle, heat_map_writer is not None,
+                        grader.card.binocular)
+    # Rows go to OUT.part as they come, a rerun continues an interrupted run, and only a
+    # finished run gets the real name.
+    rows = ResumablePredictions(out, run_key(grader, images, {
+        "tta": tta, "kaggle": kaggle, "header": header, "explain": explain_method
+        if explain is not None else None}))
+    done, state = rows.start()
+    if state:
+        summary.restore(state)
+    summary.resumed = rows.note
+    try:
+        # disable=None: a progress bar on a terminal, none in a log file.
+        with rows.part.open("a" if done else "w", newline="") as handle, tqdm(
+                total=len(images), initial=done, desc="predict", unit="img",
+                disable=None if progress else True) as bar:
+            writer = csv.writer(handle)
+            if not done:
+                writer.writerow(header)
+            for batch in iter_batches(grader, images, batch_size, tta, workers, start=done):
+                maps = heat_map_writer.write(batch) if heat_map_writer else {}
+                for k, p in enumerate(batch.predictions):
+                    if not summary.count(p):
+                        continue
+                    heat_map = maps.get(k, "") if heat_map_writer else None
+                    writer.writerow(csv_row(p, grader.is_regression, kaggle, heat_map))
+                done += len(batch.predictions)
+                rows.save(handle, done, summary.state())
+                bar.update(len(batch.predictions))
+    except OSError as error:  # the rows file itself: photographs fail as rows, not here
+        raise rows.kept(write_error(rows.part, error)) from None
+    rows.finish()
     return summary
