@@ -1,5 +1,7 @@
 """`drgrade predict`: real photographs in, one CSV row per file out, unusable files listed."""
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -217,3 +219,26 @@ def test_a_rerun_with_other_photographs_starts_over(grader, photographs, odd_fol
     assert "that this run cannot continue" in summary.resumed
     table = pd.read_csv(out, keep_default_na=False)
     assert len(table) == summary.graded == 20 and not summary.failed
+
+
+def test_a_resumed_run_names_heat_maps_as_an_uninterrupted_one(grader, photographs, tmp_path,
+                                                               monkeypatch):
+    # Same-named photographs in two folders: the second one's heat map is NAME-2.png.
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "x.jpg").symlink_to(photographs / "IDRiD_001.jpg")
+    paths = [tmp_path / "a", tmp_path / "b"]
+    predict(grader, paths, tmp_path / "whole.csv", batch_size=1, explain=tmp_path / "whole",
+            progress=False)
+    out = tmp_path / "pred.csv"
+    with monkeypatch.context() as patch:
+        _stop_after(patch, 1)
+        with pytest.raises(KeyboardInterrupt):
+            predict(grader, paths, out, batch_size=1, explain=tmp_path / "maps",
+                    progress=False)
+    predict(grader, paths, out, batch_size=1, explain=tmp_path / "maps", progress=False)
+    assert sorted(p.name for p in (tmp_path / "maps").iterdir()) == ["x-2.png", "x.png"]
+    whole = pd.read_csv(tmp_path / "whole.csv", keep_default_na=False)
+    resumed = pd.read_csv(out, keep_default_na=False)
+    assert [Path(p).name for p in resumed["heat_map"]] == [Path(p).name
+                                                           for p in whole["heat_map"]]

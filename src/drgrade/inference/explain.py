@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -212,6 +212,11 @@ class HeatMapWriter:
         self.layer = target_layer(grader.network.model, grader.card.image_size)
         self.stems: Counter = Counter()
         folder.mkdir(parents=True, exist_ok=True)
+
+    def continue_after(self, images: Iterable[str]) -> None:
+        """Count the heat maps an interrupted run already wrote, for `images`, so that the
+        rest are named as in a run that was never interrupted."""
+        self.stems.update(Path(image).stem for image in images)
 
     def _target(self, image: str) -> Path:
         stem = Path(image).stem

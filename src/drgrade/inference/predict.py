@@ -274,6 +274,8 @@ def predict(grader: GraderBase, paths: Sequence[Path | str], out: Path | str,
     done, state = rows.start()
     if state:
         summary.restore(state)
+        if heat_map_writer is not None and not kaggle:  # Kaggle's ids never repeat
+            heat_map_writer.continue_after(r["image"] for r in rows.rows() if r["heat_map"])
     summary.resumed = rows.note
     try:
         # disable=None: a progress bar on a terminal, none in a log file.

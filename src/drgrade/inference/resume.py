@@ -9,6 +9,7 @@ starts over. Only a finished run renames OUT.part to OUT.
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import os
@@ -63,6 +64,11 @@ class ResumablePredictions:
         os.truncate(self.part, length)  # rows written after the last saved state go
         self.note = f"resumed {self.part}: {done:,} photograph(s) were graded before"
         return done, summary
+
+    def rows(self) -> list[dict]:
+        """The rows written so far (after `start`), by column name."""
+        with self.part.open(newline="") as handle:
+            return list(csv.DictReader(handle))
 
     def save(self, handle, done: int, summary: dict) -> None:
         """Rows so far on disk, then the state that points at them."""
