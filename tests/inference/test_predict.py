@@ -1,5 +1,6 @@
 """`drgrade predict`: real photographs in, one CSV row per file out, unusable files listed."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 from drgrade.cli import main
 from drgrade.errors import DrgradeError
 from drgrade.inference import predict as predict_module
+from drgrade.inference import resume
 from drgrade.inference.predict import find_images, iter_batches, predict
 from drgrade.inference.resume import ResumablePredictions
 from drgrade.inference.torch_grader import TorchGrader
@@ -164,8 +166,9 @@ def test_outputs_that_cannot_be_written_are_one_line_errors(tiny_run, photograph
 
 
 def _stop_after(monkeypatch, batches: int) -> None:
-    """Make predict stop as a kill would, `batches` batches in: after saving its state, with
-    half a row written after it."""
+    """Make predict save its state after every batch and stop as a kill would, `batches`
+    batches in: after saving, with half a row written after it."""
+    monkeypatch.setattr(resume, "SAVE_EVERY_S", 0.0)
     save = ResumablePredictions.save
     saved = []
 
@@ -242,3 +245,14 @@ def test_a_resumed_run_names_heat_maps_as_an_uninterrupted_one(grader, photograp
     resumed = pd.read_csv(out, keep_default_na=False)
     assert [Path(p).name for p in resumed["heat_map"]] == [Path(p).name
                                                            for p in whole["heat_map"]]
+
+
+def test_the_state_is_saved_at_most_every_few_seconds(tmp_path, monkeypatch):
+    monkeypatch.setattr(resume, "SAVE_EVERY_S", 3600.0)
+    rows = ResumablePredictions(tmp_path / "p.csv", key="k")
+    with rows.part.open("w") as handle:
+        for done in (8, 16):
+            handle.write("row\n" * 8)
+            rows.save(handle, done, lambda: {})
+    state = json.loads(rows.state_file.read_text())
+    assert (state["done"], state["bytes"]) == (8, 32)  # the second batch waited its turn

@@ -154,7 +154,6 @@ class PredictSummary:
     warned: list[Prediction] = field(default_factory=list)  # graded, with a caveat
     heat_maps: Path | None = None
     kaggle: bool = False  # failures are then only printed, so all of them are
-
     resumed: str = ""  # what became of an earlier unfinished run, if there was one
 
     def state(self) -> dict:
@@ -293,7 +292,7 @@ def predict(grader: GraderBase, paths: Sequence[Path | str], out: Path | str,
                     heat_map = maps.get(k, "") if heat_map_writer else None
                     writer.writerow(csv_row(p, grader.is_regression, kaggle, heat_map))
                 done += len(batch.predictions)
-                rows.save(handle, done, summary.state())
+                rows.save(handle, done, summary.state)
                 bar.update(len(batch.predictions))
     except OSError as error:  # the rows file itself: photographs fail as rows, not here
         raise rows.kept(write_error(rows.part, error)) from None

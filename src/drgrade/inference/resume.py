@@ -12,7 +12,10 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import math
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +24,7 @@ from drgrade.atomic import RESUME_SUFFIX, write_error, write_text
 from drgrade.inference.grader import GraderBase
 
 STATE_SUFFIX = ".json"
+SAVE_EVERY_S = 2.0  # how often the state is saved: a rerun redoes at most this much work
 
 
 def run_key(grader: GraderBase, images: list[Path], settings: dict) -> str:
@@ -45,6 +49,7 @@ class ResumablePredictions:
         self.state_file = self.part.with_name(self.part.name + STATE_SUFFIX)
         self.key = key
         self.note = ""  # what happened to an earlier unfinished run, for the summary
+        self.saved_at = -math.inf
 
     def start(self) -> tuple[int, dict]:
         """Photographs already done and the summary saved with them; (0, {}) to start."""
@@ -70,14 +75,19 @@ class ResumablePredictions:
         with self.part.open(newline="") as handle:
             return list(csv.DictReader(handle))
 
-    def save(self, handle, done: int, summary: dict) -> None:
-        """Rows so far on disk, then the state that points at them."""
+    def save(self, handle, done: int, summary: Callable[[], dict]) -> None:
+        """Rows so far on disk, then the state that points at them (and `summary()`), at most
+        every SAVE_EVERY_S: two fsyncs a batch would slow a fast GPU run."""
+        now = time.monotonic()
+        if now - self.saved_at < SAVE_EVERY_S:
+            return
+        self.saved_at = now
         try:
             handle.flush()
             os.fsync(handle.fileno())
             length = os.fstat(handle.fileno()).st_size
             write_text(self.state_file, json.dumps(
-                {"key": self.key, "done": done, "bytes": length, "summary": summary}))
+                {"key": self.key, "done": done, "bytes": length, "summary": summary()}))
         except OSError as error:
             raise self.kept(write_error(self.part, error)) from None
 
