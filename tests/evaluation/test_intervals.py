@@ -160,3 +160,32 @@ def test_bad_inputs():
         bootstrap_intervals(truth, predicted, score, patients=[*"abcdefghi", None])
     with pytest.raises(DrgradeError, match="no images"):
         bootstrap_intervals([], [], [])
+
+
+def probabilities_for(truth: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Softmax probabilities that lean towards the true grade."""
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(0, 1, (len(truth), 5)) + 1.5 * np.eye(5)[truth]
+    return np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+
+
+def test_one_vs_rest_auc_is_medmnists_and_its_interval_matches_a_loop():
+    truth, predicted, score = graded(150, seed=2)
+    probabilities = probabilities_for(truth)
+    metrics = grading_metrics(truth, predicted, score, 0, probabilities)
+    assert metrics["one_vs_rest_auc"] == pytest.approx(
+        roc_auc_score(truth, probabilities, multi_class="ovr", average="macro"))
+    weights = all_weights(None, 150, 300)
+    direct = []
+    for row in weights:
+        drawn = np.repeat(np.arange(150), row.astype(int))
+        direct.append(np.mean([roc_auc_score(truth[drawn] == g, probabilities[drawn, g])
+                               for g in range(5) if 0 < (truth[drawn] == g).sum() < len(drawn)]))
+    intervals = bootstrap_intervals(truth, predicted, score, resamples=300,
+                                    probabilities=probabilities)
+    found = intervals["one_vs_rest_auc"]
+    assert found.estimate == pytest.approx(metrics["one_vs_rest_auc"])
+    assert [found.low, found.high] == pytest.approx(np.percentile(direct, [2.5, 97.5]), abs=1e-9)
+    # A regression head has no per-grade probabilities: no such metric.
+    assert "one_vs_rest_auc" not in bootstrap_intervals(truth, predicted, score, resamples=10)
+    assert grading_metrics(truth, predicted, score, 0)["one_vs_rest_auc"] is None

@@ -236,14 +236,17 @@ def evaluation_metrics(grader: TorchGrader, scored: Scored, majority: int,
     predicted = grader.decode(scored.outputs)
     score = grader.referable_score(scored.outputs)
     patients = scored.table["patient"].astype(str).to_numpy()
-    metrics = grading_metrics(truth, predicted, score, majority)
+    probabilities = None if grader.is_regression else scored.outputs
+    metrics = grading_metrics(truth, predicted, score, majority, probabilities)
     data_majority = int(np.bincount(truth, minlength=NUM_GRADES).argmax())
-    intervals = bootstrap_intervals(truth, predicted, score, patients, threshold, resamples, seed)
+    intervals = bootstrap_intervals(truth, predicted, score, patients, threshold, resamples, seed,
+                                    probabilities=probabilities)
     metrics |= {
         "n_unreadable": len(scored.unreadable),
         "data_majority_grade": data_majority,
         "data_majority_accuracy": float(np.mean(truth == data_majority)),
-        "intervals": {name: intervals[name].as_dict() for name in INTERVAL_METRICS},
+        "intervals": {name: intervals[name].as_dict() for name in INTERVAL_METRICS
+                      if name in intervals},  # a regression head has no one-vs-rest AUC
         "bootstrap": {"resamples": resamples, "level": 0.95, "seed": seed,
                       "unit": "patients" if _has_pairs(patients) else "images"},
         "validation_threshold": None, "patient_level": None, "calibration": None,

@@ -8,6 +8,7 @@ confusion matrices, one sort for all ROC AUCs) instead of a Python loop per resa
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -116,11 +117,14 @@ def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
 
 
 def resample_metrics(truth: np.ndarray, predicted: np.ndarray, referable_score: np.ndarray,
-                     weights: np.ndarray, threshold: float | None = None) -> dict[str, np.ndarray]:
+                     weights: np.ndarray, threshold: float | None = None,
+                     probabilities: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Each metric of each row of (R, N) image weights, as (R,) arrays (NaN where undefined).
 
     Macro F1 averages the grades present in `truth` (the full sample), as metrics.py does,
     so a resample that lacks a grade scores 0 on it rather than averaging fewer grades.
+    The one-vs-rest AUC (with `probabilities`) averages the same grades' AUCs, over those
+    a resample has both inside and outside.
     """
     truth, predicted = np.asarray(truth, np.int64), np.asarray(predicted, np.int64)
     score = np.asarray(referable_score, np.float64)
@@ -150,6 +154,15 @@ def resample_metrics(truth: np.ndarray, predicted: np.ndarray, referable_score: 
     if threshold is not None:
         result["threshold_sensitivity"] = _ratio(counts[:, -2], positives)
         result["threshold_specificity"] = _ratio(counts[:, -1], negatives)
+    if probabilities is not None:
+        result["one_vs_rest_auc"] = np.full(len(weights), np.nan)
+        graded = np.flatnonzero(present)
+        if len(graded) > 1:
+            aucs = np.stack([weighted_auc(truth == g, probabilities[:, g], weights)
+                             for g in graded])
+            with warnings.catch_warnings():  # all-NaN columns: resamples left undefined
+                warnings.simplefilter("ignore", RuntimeWarning)
+                result["one_vs_rest_auc"] = np.nanmean(aucs, axis=0)
     return result
 
 
@@ -171,18 +184,26 @@ def check_inputs(truth: np.ndarray, grades: list[np.ndarray], scores: list[np.nd
 def bootstrap_intervals(truth: np.ndarray, predicted: np.ndarray, referable_score: np.ndarray,
                         patients: np.ndarray | None = None, threshold: float | None = None,
                         resamples: int = RESAMPLES, seed: int = 0,
-                        level: float = LEVEL) -> dict[str, Interval]:
+                        level: float = LEVEL,
+                        probabilities: np.ndarray | None = None) -> dict[str, Interval]:
     """Every metric of `resample_metrics` with its percentile interval, resampling patients.
 
     `threshold`: a referable-score cut point chosen on validation (score >= threshold is
-    flagged); adds threshold_sensitivity and threshold_specificity.
+    flagged); adds threshold_sensitivity and threshold_specificity. `probabilities`
+    (N, 5), of a classification head: adds one_vs_rest_auc.
     """
     if not 0 < level < 1:
         raise DrgradeError(f"confidence level must be between 0 and 1, not {level}")
     n_images = check_inputs(truth, [predicted], [referable_score])
+    if probabilities is not None:
+        probabilities = np.asarray(probabilities, np.float64)
+        if probabilities.shape != (n_images, NUM_GRADES):
+            raise DrgradeError(f"probabilities of shape {probabilities.shape} for {n_images} "
+                               f"images and {NUM_GRADES} grades")
     full = resample_metrics(truth, predicted, referable_score, np.ones((1, n_images), np.float32),
-                            threshold)
-    blocks = [resample_metrics(truth, predicted, referable_score, weights, threshold)
+                            threshold, probabilities)
+    blocks = [resample_metrics(truth, predicted, referable_score, weights, threshold,
+                               probabilities)
               for weights in resample_weights(patients, n_images, resamples, seed)]
     return {name: interval(float(full[name][0]),
                            np.concatenate([block[name] for block in blocks]), level)

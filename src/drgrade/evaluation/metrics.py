@@ -19,7 +19,7 @@ from drgrade.operating_points import TARGET_SENSITIVITY, screening_threshold
 GRADES = list(range(NUM_GRADES))
 # The metrics that get a bootstrap confidence interval in metrics.json and the report.
 INTERVAL_METRICS = ("accuracy", "quadratic_weighted_kappa", "macro_f1", "referable_sensitivity",
-                    "referable_specificity", "referable_auc")
+                    "referable_specificity", "referable_auc", "one_vs_rest_auc")
 
 
 def _defined(value: float) -> float | None:
@@ -27,12 +27,24 @@ def _defined(value: float) -> float | None:
     return None if value is None or math.isnan(value) else float(value)
 
 
+def one_vs_rest_auc(grades: np.ndarray, probabilities: np.ndarray | None) -> float | None:
+    """MedMNIST's AUC: the mean over the grades present of grade k's ROC AUC against the
+    rest, on the per-grade probabilities (None for a regression head, which has none)."""
+    if probabilities is None:
+        return None
+    present = [g for g in GRADES if 0 < (grades == g).sum() < len(grades)]
+    if not present:
+        return None
+    return float(np.mean([roc_auc_score(grades == g, probabilities[:, g]) for g in present]))
+
+
 def grading_metrics(grades: np.ndarray, predicted: np.ndarray, referable_score: np.ndarray,
-                    majority_grade: int) -> dict:
+                    majority_grade: int, probabilities: np.ndarray | None = None) -> dict:
     """Every number `metrics.json` holds, for true and predicted grades 0-4.
 
     `referable_score` grows with the chance of grade >= 2 (summed probabilities of grades
-    2-4, or a regression score); `majority_grade` is the most common training grade.
+    2-4, or a regression score); `majority_grade` is the most common training grade;
+    `probabilities` (classification heads) give the one-vs-rest AUC.
     """
     grades, predicted = np.asarray(grades), np.asarray(predicted)
     precision, recall, f1, support = precision_recall_fscore_support(
@@ -47,6 +59,7 @@ def grading_metrics(grades: np.ndarray, predicted: np.ndarray, referable_score: 
         "quadratic_weighted_kappa": _defined(kappa(grades, predicted)),
         # Macro over the grades that occur: an absent grade has no recall to average.
         "macro_f1": float(f1[present].mean()) if present.any() else None,
+        "one_vs_rest_auc": one_vs_rest_auc(grades, probabilities),
         **referable_metrics(grades, predicted, referable_score),
         "confusion_matrix": confusion_matrix(grades, predicted, labels=GRADES).tolist(),
         "per_class": {
@@ -129,6 +142,7 @@ def metrics_table(metrics: dict) -> str:
     lines += [
         f"quadratic weighted kappa: {value('quadratic_weighted_kappa')}",
         f"macro F1: {value('macro_f1')}",
+        f"one-vs-rest AUC (MedMNIST's AUC, mean over grades): {value('one_vs_rest_auc')}",
         "",
         f"  {'grade':<18}{'precision':>10}{'recall':>10}{'F1':>10}{'images':>10}",
     ]

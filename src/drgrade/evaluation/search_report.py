@@ -25,7 +25,7 @@ PERCENT = {"accuracy", "referable_sensitivity", "referable_specificity"}
 METRIC_NAMES = {"accuracy": "accuracy", "quadratic_weighted_kappa": "quadratic weighted kappa",
                 "macro_f1": "macro F1", "referable_sensitivity": "referable sensitivity",
                 "referable_specificity": "referable specificity",
-                "referable_auc": "referable AUC"}
+                "referable_auc": "referable AUC", "one_vs_rest_auc": "one-vs-rest AUC"}
 
 
 def _best_val_kappa(trial: FrozenTrial) -> float | None:
