@@ -79,6 +79,7 @@ HEADLINE: Columns = {
     "kappa": lambda m: _shown(m, "quadratic_weighted_kappa"),
     "macro F1": lambda m: _shown(m, "macro_f1"),
     "referable AUC": lambda m: _shown(m, "referable_auc"),
+    "one-vs-rest AUC": lambda m: _shown(m, "one_vs_rest_auc"),
 }
 REFERABLE: Columns = {
     "prevalence": lambda m: format_value(m["referable_prevalence"], percent=True),
