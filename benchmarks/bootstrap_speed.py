@@ -60,6 +60,8 @@ def main() -> None:
     args = parser.parse_args()
     truth, predicted, score, patients = synthetic(args.images)
     other = np.clip(predicted + (np.arange(args.images) % 7 == 0), 0, 4)
+    logits = np.random.default_rng(1).normal(0, 1, (args.images, 5)) + 1.5 * np.eye(5)[truth]
+    probabilities = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
     n, b = args.images, args.resamples
 
     def weights() -> list[np.ndarray]:
@@ -75,6 +77,9 @@ def main() -> None:
             lambda: [weighted_auc(referable, score, w) for w in blocks],
         "bootstrap_intervals, end to end":
             lambda: bootstrap_intervals(truth, predicted, score, patients, threshold=0.5),
+        "bootstrap_intervals + one-vs-rest AUC":
+            lambda: bootstrap_intervals(truth, predicted, score, patients, threshold=0.5,
+                                        probabilities=probabilities),
         "patient_level (5,000 patients)":
             lambda: patient_level(truth, predicted, score, patients, threshold=0.5),
         "compare_models (paired, 2 models + DeLong)":
