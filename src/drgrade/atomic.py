@@ -52,6 +52,13 @@ def make_folder(folder: Path | str) -> Path:
     return folder
 
 
+def refuse_folder(target: Path) -> Path:
+    """`target`, unless a folder is there: an error saying a file name is wanted."""
+    if target.is_dir():
+        raise DrgradeError(f"cannot write {target}: it is a folder; give a file name")
+    return target
+
+
 @contextmanager
 def atomic_write(target: Path | str, mode: str = "w", **open_options) -> Iterator[IO]:
     """Open a temporary file for writing that becomes `target` when the block ends cleanly.
@@ -59,9 +66,7 @@ def atomic_write(target: Path | str, mode: str = "w", **open_options) -> Iterato
     The folder must exist. An OSError (full disk, no permission) is raised as a
     DrgradeError naming the file; on any error the temporary file is removed.
     """
-    target = Path(target)
-    if target.is_dir():
-        raise DrgradeError(f"cannot write {target}: it is a folder; give a file name")
+    target = refuse_folder(Path(target))
     partial = partial_path(target)
     try:
         with open(partial, mode, **open_options) as handle:

@@ -135,21 +135,22 @@ def fetch(remote: Remote, out: Path, progress: bool = True) -> Path:
             raise _unreachable(remote, target, error) from None
         response = None  # nothing after the bytes we have: the part may be the whole file
     except OSError as error:  # urllib's URLError, or a socket timeout
-        raise _unreachable(remote, target, error, part if have else None) from None
+        raise _unreachable(remote, target, error, part) from None
     if response is None:
         _finish(remote, target, part, md5_of(part))
         return target
-    resumed = have > 0 and _continues_at(response, have)
+    if have and not _continues_at(response, have):
+        have = 0  # the server sends the whole file: start over
     digest = hashlib.md5(usedforsecurity=False)
-    if resumed:
+    if have:
         with part.open("rb") as earlier:
             digest = hashlib.file_digest(earlier, lambda: hashlib.md5(usedforsecurity=False))
     total = _length(response)
-    with response, tqdm(total=None if total is None else total + (have if resumed else 0),
-                        initial=have if resumed else 0, unit="B", unit_scale=True,
-                        desc=remote.name, disable=not progress) as bar:
+    with response, tqdm(total=None if total is None else total + have, initial=have,
+                        unit="B", unit_scale=True, desc=remote.name,
+                        disable=not progress) as bar:
         try:
-            with part.open("ab" if resumed else "wb") as file:
+            with part.open("ab" if have else "wb") as file:
                 for chunk in _chunks(response, remote, target, part):
                     file.write(chunk)
                     digest.update(chunk)

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from drgrade.atomic import make_folder, write_error
+from drgrade.atomic import make_folder, refuse_folder, write_error
 from drgrade.data.manifest import fellow_indices
 from drgrade.data.photographs import IMAGE_SUFFIXES
 from drgrade.data.sources import eyepacs_identity
@@ -257,9 +257,7 @@ def predict(grader: GraderBase, paths: Sequence[Path | str], out: Path | str,
         from drgrade.inference.explain import HeatMapWriter
 
         heat_map_writer = HeatMapWriter(grader, Path(explain), explain_method)
-    out = Path(out)
-    if out.is_dir():
-        raise DrgradeError(f"cannot write {out}: it is a folder; give a file name")
+    out = refuse_folder(Path(out))
     make_folder(out.parent)
     summary = PredictSummary(out, heat_maps=Path(explain) if explain is not None else None,
                              kaggle=kaggle)
@@ -271,7 +269,7 @@ def predict(grader: GraderBase, paths: Sequence[Path | str], out: Path | str,
         "tta": tta, "kaggle": kaggle, "header": header, "explain": explain_method
         if explain is not None else None}))
     done, state = rows.start()
-    if state:
+    if done:
         summary.restore(state)
         if heat_map_writer is not None and not kaggle:  # Kaggle's ids never repeat
             heat_map_writer.continue_after(r["image"] for r in rows.rows() if r["heat_map"])

@@ -29,11 +29,13 @@ class ImageIndex:
     """The image files a reader found, by image id, and where it looked for them.
 
     `folders` maps an id prefix to the folders searched for ids with it, so a missing
-    image is looked for, and reported, in its own split's folder.
+    image is looked for, and reported, in its own split's folder; `searched` holds those
+    folders themselves.
     """
 
     found: dict[str, Path]
     folders: dict[str, str]
+    searched: frozenset[Path] = frozenset()
 
     def where(self, image_id: str = "") -> str:
         """The folders searched for `image_id` (for every image when not given)."""
@@ -45,7 +47,7 @@ class ImageIndex:
         folders = dict(self.folders)
         for prefix, where in other.folders.items():
             folders[prefix] = f"{folders[prefix]} or {where}" if prefix in folders else where
-        return ImageIndex({**self.found, **other.found}, folders)
+        return ImageIndex({**self.found, **other.found}, folders, self.searched | other.searched)
 
 
 def image_index(*folders: Path, prefix: str = "") -> ImageIndex:
@@ -53,7 +55,8 @@ def image_index(*folders: Path, prefix: str = "") -> ImageIndex:
     found = {}
     for folder in folders:
         found |= {prefix + stem: path for stem, path in index_images(folder).items()}
-    return ImageIndex(found, {prefix: " or ".join(map(str, folders))})
+    return ImageIndex(found, {prefix: " or ".join(map(str, folders))},
+                      frozenset(Path(folder).resolve() for folder in folders))
 
 
 def attach_images(
@@ -106,15 +109,13 @@ def elsewhere_hint(source: Path, images: ImageIndex, missing_ids: list[str]) -> 
     prefixes = sorted(images.folders, key=len, reverse=True)
     wanted = {next((i[len(p):] for p in prefixes if p and i.startswith(p)), i)
               for i in missing_ids}
-    searched = {Path(f).resolve() for where in images.folders.values()
-                for f in where.split(" or ")}
     holding = []
     for folder, subfolders, files in os.walk(source):
         depth = len(Path(folder).relative_to(source).parts)
         if depth >= ELSEWHERE_DEPTH:
             subfolders.clear()
         subfolders.sort()
-        if Path(folder).resolve() in searched:
+        if Path(folder).resolve() in images.searched:
             continue
         count = sum(Path(f).stem in wanted for f in files
                     if Path(f).suffix.lower() in IMAGE_SUFFIXES)
